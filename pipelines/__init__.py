@@ -1,0 +1,1 @@
+"""pipelines: Dagster definitions, MLflow wiring and the clip-pipeline CLI around clipcore."""
