@@ -1,0 +1,272 @@
+"""Typed configuration: one dataclass per stage, defaults defined once, loaded strictly from params.yaml.
+
+`params.yaml` is nested like `PipelineConfig` (one section per field). Unknown keys are an error, so a
+typo in an experiment (`dvc exp run -S loss.nmae=...`) fails loudly instead of silently training the
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """The default caption dataset built from Fashion-MNIST's 60,000 training images."""
+
+    source_dir: str = "/usr/share/datasets/fashion-mnist"
+    """Folder holding the four original `*-ubyte.gz` files (Debian `dataset-fashion-mnist`)."""
+    root: str = "data/fashion_mnist"
+    """Where the caption dataset is written (versioned by data.dvc)."""
+    seed: int = 0
+    """Seed of every random choice: templates, noise, duplicates."""
+    wrong_class_fraction: float = 0.10
+    """Share of captions that describe another class."""
+    short_caption_fraction: float = 0.03
+    """Share of captions that are empty or a single word."""
+    duplicate_fraction: float = 0.02
+    """Extra rows (as a share of the images) that repeat an existing image byte for byte."""
+    non_english_fraction: float = 0.01
+    """Share of captions written in another language."""
+    corrupt_fraction: float = 0.002
+    """Share of image files replaced by undecodable bytes."""
+
+
+@dataclass
+class IngestConfig:
+    """Decoding, validation and sharding of a captions table."""
+
+    captions: str = "data/fashion_mnist/captions.csv"
+    """Captions table (csv or parquet) with columns `path` (relative to the table) and `caption`."""
+    shard_size: int = 10_000
+    """Samples per webdataset tar shard."""
+    max_pixels: int = 50_000_000
+    """Images with more pixels than this are rejected (decompression bombs)."""
+    max_caption_chars: int = 1_000
+    """Captions longer than this are rejected."""
+    workers: int = 2
+    """Processes decoding images."""
+
+
+@dataclass
+class FilterConfig:
+    """DataComp's basic filter plus exact deduplication."""
+
+    min_words: int = 3
+    """A caption needs at least this many words."""
+    min_chars: int = 6
+    """A caption needs at least this many characters (DataComp: more than 5)."""
+    min_side: int = 16
+    """Smallest allowed image side in pixels."""
+    max_aspect_ratio: float = 3.0
+    """Largest allowed ratio of long to short image side."""
+    dedupe_images: bool = True
+    """Keep only the first row of each exact image (sha256)."""
+
+
+@dataclass
+class ModelConfig:
+    """A CLIP model: ViT image tower, transformer text tower, linear projections (transformers' CLIPModel)."""
+
+    image_size: int = 28
+    """Input side in pixels; images are resized to it."""
+    channels: int = 1
+    """Image channels fed to the tower (1 for grayscale)."""
+    patch_size: int = 7
+    """ViT patch side; (image_size / patch_size)^2 tokens."""
+    vision_width: int = 128
+    """Width of the image transformer."""
+    vision_layers: int = 2
+    """Depth of the image transformer."""
+    vision_heads: int = 4
+    """Attention heads of the image transformer."""
+    text_width: int = 64
+    """Width of the text transformer."""
+    text_layers: int = 2
+    """Depth of the text transformer."""
+    text_heads: int = 2
+    """Attention heads of the text transformer."""
+    context_length: int = 16
+    """Tokens per caption, including the start and end tokens."""
+    vocab_size: int = 1_000
+    """Size of the BPE vocabulary trained on the captions."""
+    embed_dim: int = 64
+    """Dimension of the shared embedding space."""
+    logit_scale_init: float = 1 / 0.07
+    """Initial temperature inverse (CLIP: 1/0.07)."""
+    logit_scale_max: float = 100.0
+    """The logit scale is clamped at this value."""
+
+
+@dataclass
+class LossConfig:
+    """Which contrastive objective trains the model."""
+
+    name: str = "clip"
+    """`clip` (symmetric InfoNCE), `clip_reg` (CLIP + positive-pair regularizer), `siglip` or `cyclip`."""
+    reg_weight: float = 0.1
+    """lambda of `clip_reg`: weight of mean(1 - cos(image_i, text_i)) over positive pairs."""
+    cyclip_in_modal: float = 0.25
+    """lambda1 of `cyclip`: in-modal consistency weight."""
+    cyclip_cross_modal: float = 0.25
+    """lambda2 of `cyclip`: cross-modal consistency weight."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimization of the pretrain stage."""
+
+    epochs: float = 3.0
+    """Passes over the training rows (fractions allowed)."""
+    batch_size: int = 256
+    """Pairs per step."""
+    lr: float = 2e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (never applied to gains, biases or the logit scale)."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    warmup_steps: int = 50
+    """Linear warm-up steps before the cosine decay."""
+    holdout_size: int = 1_000
+    """Kept rows set aside (never trained on) for retrieval evaluation."""
+    max_rows: int | None = None
+    """Train on at most this many rows (tiny runs and tests); None uses all."""
+    seed: int = 0
+    """Seed of initialization, shuffling and the holdout split."""
+    device: str = "auto"
+    """`auto` (CUDA if present), `cpu` or `cuda`."""
+    log_every: int = 10
+    """Steps between metric records."""
+
+
+@dataclass
+class EvalConfig:
+    """Zero-shot classification and retrieval."""
+
+    test_images: str = "data/fashion_mnist/test/t10k-images-idx3-ubyte.gz"
+    """Labeled test images (IDX format)."""
+    test_labels: str = "data/fashion_mnist/test/t10k-labels-idx1-ubyte.gz"
+    """Labels of the test images (IDX format)."""
+    templates: str = "fashion_mnist"
+    """Prompt template set: a name shipped in clipcore/prompts or a path to a text file."""
+    max_test_images: int | None = None
+    """Evaluate on at most this many test images (tiny runs); None uses all."""
+    batch_size: int = 1_000
+    """Images per forward pass."""
+    num_examples: int = 6
+    """Retrieval examples shown in the report."""
+
+
+@dataclass
+class RegistryConfig:
+    """MLflow model registry."""
+
+    model_name: str = "clip"
+    """Registered model name; users load `models:/<name>@champion`."""
+    experiment: str = "clip-pipeline"
+    """MLflow experiment holding the runs."""
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline's configuration, one section per stage (the shape of params.yaml)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field annotation, converting the lossless cases (int -> float, list -> tuple)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, typing.get_args(annotation), strict=True))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads `1e-3` as a string
+        except ValueError:
+            pass
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "params") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value or {}, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def apply_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineConfig:
+    """Return a copy of `config` with `section.key=value` overrides applied (values parsed as YAML)."""
+    values = dataclasses.asdict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        *parents, leaf = key.strip().split(".")
+        node = values
+        for part in parents:
+            if part not in node or not isinstance(node[part], dict):
+                raise ValueError(f"override {item!r}: unknown section {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: unknown key {leaf!r}; known: {sorted(node)}")
+        node[leaf] = yaml.safe_load(raw)
+    return from_dict(PipelineConfig, values)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
+    """Load params.yaml into a `PipelineConfig` (missing file or keys fall back to the defaults)."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    config = from_dict(PipelineConfig, values, where=str(path))
+    return apply_overrides(config, overrides or [])
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a (nested) dataclass to `{"section.key": value}`, e.g. for MLflow params."""
+    out: dict[str, Any] = {}
+    for name, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                out[f"{prefix}{name}.{k}"] = v
+        else:
+            out[f"{prefix}{name}"] = value
+    return out

@@ -1,0 +1,87 @@
+"""Evaluation of a trained model: zero-shot classification, retrieval and the margin diagnostics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from clipcore.images import normalize_uint8
+from clipcore.model import ClipModel
+from clipcore.retrieval import retrieval_metrics
+from clipcore.tokenizer import tokenize
+from clipcore.zero_shot import build_zero_shot_classifier, classification_metrics
+
+
+@torch.no_grad()
+def embed_images(model: ClipModel, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """(N, C, S, S) or (N, S, S) uint8 images -> (N, D) unit-norm embeddings, on the CPU."""
+    device = next(model.parameters()).device
+    chunks = [model.encode_image(normalize_uint8(images[i : i + batch_size]).to(device)).float().cpu()
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def embed_texts(model: ClipModel, tokenizer: Tokenizer, texts: list[str], batch_size: int = 1000) -> torch.Tensor:
+    """Captions -> (N, D) unit-norm embeddings, on the CPU."""
+    device = next(model.parameters()).device
+    chunks = [model.encode_text(tokenize(tokenizer, texts[i : i + batch_size]).to(device)).float().cpu()
+              for i in range(0, len(texts), batch_size)]
+    return torch.cat(chunks)
+
+
+def margin_diagnostics(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
+    """Chen et al.'s quantities on aligned pairs: positive cosine, hardest-negative cosine, their margin,
+    and the modality gap (distance between the two modalities' mean embeddings)."""
+    sim = image_emb @ text_emb.T  # (N, N)
+    positive = sim.diagonal()
+    hardest = sim.masked_fill(torch.eye(len(sim), dtype=torch.bool), -2.0).max(1).values  # (N,)
+    return {
+        "positive_cosine": float(positive.mean()),
+        "hardest_negative_cosine": float(hardest.mean()),
+        "margin": float((positive - hardest).mean()),
+        "modality_gap": float((image_emb.mean(0) - text_emb.mean(0)).norm()),
+    }
+
+
+def evaluate_model(
+    model: ClipModel,
+    tokenizer: Tokenizer,
+    test_images: torch.Tensor,  # (N, S, S) or (N, C, S, S) uint8
+    test_labels: np.ndarray,  # (N,)
+    class_names: list[str],
+    templates: list[str],
+    holdout_images: torch.Tensor,  # (M, ...) uint8
+    holdout_captions: list[str],
+    batch_size: int = 1000,
+) -> dict:
+    """Zero-shot classification on the test set, retrieval and diagnostics on the held-out pairs.
+
+    Returns:
+        {"metrics": flat dict of floats (the keys of outputs/metrics.json), "per_class_accuracy",
+         "confusion", "predictions", "retrieval_similarity"} -- the latter for reports.
+    """
+    classifier = build_zero_shot_classifier(
+        lambda texts: embed_texts(model, tokenizer, texts), class_names, templates
+    )  # (C, D)
+    image_emb = embed_images(model, test_images, batch_size)  # (N, D)
+    zero_shot = classification_metrics((image_emb @ classifier.T).numpy(), test_labels, len(class_names))
+    pair_images = embed_images(model, holdout_images, batch_size)  # (M, D)
+    pair_texts = embed_texts(model, tokenizer, holdout_captions)  # (M, D)
+    retrieval = retrieval_metrics(pair_images.numpy(), pair_texts.numpy(), np.arange(len(pair_texts)))
+    metrics = {
+        "zero_shot_top1": zero_shot["top1"],
+        "zero_shot_top5": zero_shot["top5"],
+        "zero_shot_mean_per_class_recall": zero_shot["mean_per_class_recall"],
+        **{f"retrieval_{k}": v for k, v in retrieval.items()},
+        **margin_diagnostics(pair_images, pair_texts),
+        "temperature": float(1 / model.scale()),
+    }
+    return {
+        "metrics": metrics,
+        "per_class_accuracy": zero_shot["per_class_accuracy"],
+        "confusion": zero_shot["confusion"],
+        "predictions": zero_shot["predictions"],
+        "retrieval_similarity": (pair_images @ pair_texts.T).numpy(),
+    }

@@ -1,0 +1,54 @@
+"""Image decoding and preprocessing shared by ingestion, training, evaluation and serving."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+MEAN, STD = 0.5, 0.5  # maps [0, 1] pixels to [-1, 1]
+
+
+def decode_image(payload: bytes, max_pixels: int) -> Image.Image:
+    """Decode and fully load image bytes.
+
+    Raises:
+        ValueError: `"<reason>: <detail>"` with reason `empty_file`, `too_many_pixels` or `undecodable_image`.
+    """
+    if not payload:
+        raise ValueError("empty_file: 0 bytes")
+    try:
+        with Image.open(io.BytesIO(payload)) as probe:
+            width, height = probe.size
+            if width * height > max_pixels:
+                raise ValueError(f"too_many_pixels: {width}x{height} > {max_pixels}")
+            probe.load()  # decodes every pixel: truncated or corrupt data fails here, not later
+            return probe.copy()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"undecodable_image: {err}") from err
+
+
+def build_resize(image_size: int, channels: int) -> v2.Compose:
+    """PIL image -> (C, S, S) uint8 tensor: channel mode, shorter side resized to S, center crop."""
+    mode = v2.Grayscale(num_output_channels=1) if channels == 1 else v2.RGB()
+    return v2.Compose([v2.ToImage(), mode, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+
+
+def build_preprocess(image_size: int, channels: int) -> v2.Compose:
+    """PIL image -> the model's (C, S, S) float input (`build_resize`, then scaled and normalized)."""
+    return v2.Compose(
+        [
+            build_resize(image_size, channels),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([MEAN] * channels, [STD] * channels),
+        ]
+    )
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Normalize a (B, H, W) or (B, C, H, W) uint8 batch exactly as `build_preprocess` does."""
+    if images.ndim == 3:
+        images = images[:, None]  # (B, 1, H, W)
+    return (images.float() / 255.0 - MEAN) / STD

@@ -1,0 +1,73 @@
+"""The pretrain stage end to end: kept rows -> holdout split, tokenizer, model, training, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from clipcore.config import PipelineConfig
+from clipcore.model import ClipModel, build_model, save_checkpoint
+from clipcore.shards import load_samples
+from clipcore.tokenizer import tokenize, train_tokenizer
+from clipcore.training import TrainResult, train_clip
+from clipcore.zero_shot import load_templates
+
+
+@dataclass
+class PretrainOutput:
+    """Where the checkpoint landed and how training went."""
+
+    checkpoint_dir: Path
+    holdout_path: Path
+    history_path: Path
+    train_rows: int
+    holdout_rows: int
+    result: TrainResult
+    model: ClipModel
+
+
+def split_holdout(kept: pl.DataFrame, holdout_size: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Deterministically set `holdout_size` kept rows aside (never trained on); returns (train, holdout)."""
+    if holdout_size >= kept.height:
+        raise ValueError(f"holdout_size={holdout_size} leaves no training rows out of {kept.height}")
+    shuffled = kept.sample(fraction=1.0, shuffle=True, seed=seed)
+    return shuffled.slice(holdout_size).sort("uid"), shuffled.head(holdout_size).sort("uid")
+
+
+def run_pretraining(
+    kept: pl.DataFrame,  # the filter stage's kept manifest (uid, caption, shard, ...)
+    shard_root: str | Path,
+    output_dir: str | Path,
+    config: PipelineConfig,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> PretrainOutput:
+    """Train a CLIP model on the kept rows and write checkpoint/, holdout.parquet and history.json."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train_rows, holdout = split_holdout(kept, config.train.holdout_size, config.train.seed)
+    if config.train.max_rows is not None:
+        train_rows = train_rows.head(config.train.max_rows)
+    holdout.write_parquet(output_dir / "holdout.parquet")
+    shards = sorted({str(Path(shard_root) / s) for s in train_rows["shard"].to_list()})
+    uids, images, captions = load_samples(shards, train_rows["uid"].to_list(), config.model.image_size,
+                                          config.model.channels, progress=progress)
+    tokenizer = train_tokenizer(captions, config.model.vocab_size, config.model.context_length)
+    tokens = tokenize(tokenizer, captions)  # (N, L)
+    model_config, bias_init = config.model, 0.0
+    if config.loss.name == "siglip":  # SigLIP's init: t = 10, b = -10
+        model_config, bias_init = dataclasses.replace(model_config, logit_scale_init=10.0), -10.0
+    model = build_model(model_config, tokenizer, logit_bias_init=bias_init)
+    result = train_clip(model, images, tokens, config.train, config.loss, on_log=on_log, progress=progress)
+    checkpoint = save_checkpoint(output_dir / "checkpoint", model.cpu(), tokenizer)
+    # the zero-shot prompts travel with the model, so a served model classifies like the evaluation did
+    (checkpoint / "templates.txt").write_text("\n".join(load_templates(config.eval.templates)) + "\n")
+    history_path = output_dir / "history.json"
+    history_path.write_text(json.dumps(result.history))
+    return PretrainOutput(checkpoint, output_dir / "holdout.parquet", history_path, len(uids), holdout.height,
+                          result, model)

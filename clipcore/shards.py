@@ -1,0 +1,42 @@
+"""Reading samples back from webdataset tar shards into memory-resident tensors."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from clipcore.images import build_resize
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif")
+
+
+def load_samples(shards: Iterable[str | Path], uids: Iterable[str], image_size: int, channels: int,
+                 progress: bool = True) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Load the samples whose key is in `uids`, resized to `image_size`.
+
+    Returns:
+        (uids in `uids` order, (N, C, S, S) uint8 images, captions).
+    """
+    wanted = {u: i for i, u in enumerate(uids)}
+    resize = build_resize(image_size, channels)
+    images: list[torch.Tensor | None] = [None] * len(wanted)
+    captions: list[str | None] = [None] * len(wanted)
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
+    for sample in tqdm(dataset, desc="loading shards", unit="img", disable=not progress, total=len(wanted)):
+        index = wanted.get(sample["__key__"])
+        if index is None:
+            continue
+        key = next(k for k in IMAGE_KEYS if k in sample)
+        with Image.open(io.BytesIO(sample[key])) as image:
+            images[index] = resize(image)
+        captions[index] = sample["txt"].decode("utf-8")
+    missing = [u for u, i in wanted.items() if images[i] is None]
+    if missing:
+        raise ValueError(f"{len(missing)} requested samples are not in the shards, e.g. {missing[:3]}")
+    return list(wanted), torch.stack(images), captions

@@ -1,0 +1,54 @@
+"""A BPE tokenizer trained on the caption corpus with Hugging Face `tokenizers`.
+
+Every caption becomes `<sot> tokens... <eot> <pad>...` of exactly `context_length` ids; the text tower
+pools the hidden state at `<eot>` (CLIP's choice), which a causal mask keeps blind to the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<sot>", "<eot>"
+SPECIALS = [PAD, UNK, SOT, EOT]  # ids 0..3; EOT must not be 2 (transformers' legacy argmax pooling)
+
+
+def _configure(tokenizer: Tokenizer, context_length: int) -> Tokenizer:
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, tokenizer.token_to_id(SOT)), (EOT, tokenizer.token_to_id(EOT))]
+    )
+    tokenizer.enable_truncation(max_length=context_length)
+    tokenizer.enable_padding(length=context_length, pad_id=tokenizer.token_to_id(PAD), pad_token=PAD)
+    return tokenizer
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int, context_length: int) -> Tokenizer:
+    """Train a lower-cased byte-level BPE tokenizer on `captions` (any iterable of strings)."""
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(captions, trainer=trainer)
+    return _configure(tokenizer, context_length)
+
+
+def load_tokenizer(path: str | Path, context_length: int) -> Tokenizer:
+    """Load a tokenizer saved with `tokenizer.save(path)`, padding and truncating to `context_length`."""
+    return _configure(Tokenizer.from_file(str(path)), context_length)
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
+    """Encode `texts` to a (N, context_length) int64 tensor of token ids."""
+    encodings = tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts])
+    return torch.tensor([e.ids for e in encodings], dtype=torch.long)

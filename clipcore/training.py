@@ -1,0 +1,143 @@
+"""The pretraining loop: AdamW with decay only on matrices, warm-up + cosine schedule, bf16 on CUDA."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from clipcore.config import LossConfig, TrainConfig
+from clipcore.images import normalize_uint8
+from clipcore.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
+from clipcore.model import ClipModel
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: per-logged-step history and throughput."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    data_wait_seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                 config: LossConfig) -> torch.Tensor:
+    """Dispatch on `config.name` to the loss functions in clipcore.losses."""
+    scale = model.scale()
+    if config.name == "clip":
+        return clip_loss(image_emb, text_emb, scale)
+    if config.name == "clip_reg":
+        return clip_reg_loss(image_emb, text_emb, scale, config.reg_weight)
+    if config.name == "siglip":
+        return siglip_loss(image_emb, text_emb, scale, model.logit_bias)
+    if config.name == "cyclip":
+        return cyclip_loss(image_emb, text_emb, scale, config.cyclip_in_modal, config.cyclip_cross_modal)
+    raise ValueError(f"unknown loss.name {config.name!r}; choose clip, clip_reg, siglip or cyclip")
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only, never on gains, biases, embeddings' 1-d params or the logit scale."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=1e-6, fused=fused or None)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear from 0 to 1 over the warm-up, then cosine down to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def train_clip(
+    model: ClipModel,
+    images: torch.Tensor,  # (N, H, W) uint8
+    tokens: torch.Tensor,  # (N, L) int64
+    train: TrainConfig,
+    loss: LossConfig,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place on aligned (image, caption) rows with the configured objective.
+
+    `on_log` receives {step, epoch, loss, lr, temperature, logit_scale} every `train.log_every` steps
+    (and on the last step); the same records are returned in `TrainResult.history`.
+    """
+    if len(images) != len(tokens):
+        raise ValueError(f"{len(images)} images but {len(tokens)} captions")
+    if len(images) < train.batch_size:
+        raise ValueError(f"{len(images)} training rows < batch_size={train.batch_size}")
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    model.to(device).train()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    steps_per_epoch = len(images) // train.batch_size  # drop_last: every step sees a full batch
+    total = max(1, round(train.epochs * steps_per_epoch))
+    optimizer = build_optimizer(model, train, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, total))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    generator = torch.Generator().manual_seed(train.seed)
+    result = TrainResult(device=str(device))
+    order = torch.empty(0, dtype=torch.long)
+    start = time.perf_counter()
+    bar = tqdm(range(total), desc=f"pretrain ({loss.name}, {device.type})", unit="step", disable=not progress)
+    for step in bar:
+        fetch = time.perf_counter()
+        offset = (step % steps_per_epoch) * train.batch_size
+        if offset == 0:
+            order = torch.randperm(len(images), generator=generator)
+        index = order[offset : offset + train.batch_size]
+        pixels = normalize_uint8(images[index]).to(device, non_blocking=True)  # (B, 1, H, W)
+        ids = tokens[index].to(device, non_blocking=True)  # (B, L)
+        result.data_wait_seconds += time.perf_counter() - fetch
+        with autocast:
+            image_emb, text_emb = model.encode_image(pixels), model.encode_text(ids)  # (B, D) each
+            value = compute_loss(model, image_emb.float(), text_emb.float(), loss)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        optimizer.step()
+        scheduler.step()
+        model.clamp_logit_scale()
+        if step % train.log_every == 0 or step == total - 1:
+            record = {
+                "step": step, "epoch": step / steps_per_epoch, "loss": value.item(),
+                "lr": lr, "logit_scale": model.scale().item(),
+                "temperature": 1 / model.scale().item(),
+            }
+            result.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
+            if on_log:
+                on_log(record)
+    result.steps, result.samples = total, total * train.batch_size
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result

@@ -1,0 +1,146 @@
+"""The five stage assets. Each is thin: resolve config, call one clipcore stage, return paths + metadata."""
+
+
+import dataclasses
+import json
+from pathlib import Path
+
+import mlflow
+import polars as pl
+from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from clipcore.config import flatten
+from clipcore.filtering import filter_manifest, funnel
+from clipcore.ingest import ingest_captions, ingest_stats
+from clipcore.pretrain import run_pretraining
+from pipelines.evaluate_stage import run_evaluation
+from pipelines.io import markdown_table
+from pipelines.report_stage import build_report
+from pipelines.resources import MLflowResource, PipelineResource
+from pipelines.tracking import log_and_register
+
+GROUP = "clip"
+
+
+class StageConfig(Config):
+    """Launch-time overrides of params.yaml (the defaults live in clipcore's dataclasses and params.yaml)."""
+
+    overrides: list[str] = Field(default=[], description="`section.key=value` items, e.g. `train.epochs=1`")
+
+
+@asset(group_name=GROUP, kinds={"polars", "webdataset"})
+def caption_shards(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource) -> Output[dict]:
+    """Every row of the captions table decoded and validated; good rows in webdataset tar shards,
+    every row in manifest.parquet with its status and reason."""
+    cfg = pipeline.load_config(config.overrides)
+    out = pipeline.stage_dir("caption_shards")
+    manifest = ingest_captions(cfg.ingest.captions, out, cfg.ingest)
+    stats = ingest_stats(manifest)
+    value = {"dir": str(out), "manifest": str(out / "manifest.parquet"), "stats": stats}
+    return Output(value, metadata={
+        "rows": stats["rows"], "success": stats["success"], "failed": stats["failed"],
+        "failed_by_reason": MetadataValue.json(stats["failed_by_reason"]),
+        "shards": len(list((out / "shards").glob("*.tar"))),
+        "preview": MetadataValue.md(markdown_table(manifest.drop("sha256"))),
+        "config": MetadataValue.json(dataclasses.asdict(cfg.ingest)),
+    })
+
+
+@asset(group_name=GROUP, kinds={"polars"})
+def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
+                      caption_shards: dict) -> Output[dict]:
+    """DataComp basic filtering and exact image deduplication: kept.parquet and rejected.parquet (one reason each)."""
+    cfg = pipeline.load_config(config.overrides)
+    out = pipeline.stage_dir("filtered_captions")
+    manifest = pl.read_parquet(caption_shards["manifest"])
+    kept, rejected = filter_manifest(manifest, cfg.filter)
+    kept.write_parquet(out / "kept.parquet")
+    rejected.write_parquet(out / "rejected.parquet")
+    counts = funnel(manifest, kept, rejected)
+    (out / "funnel.json").write_text(json.dumps(counts, indent=2))
+    value = {"dir": str(out), "kept": str(out / "kept.parquet"), "rejected": str(out / "rejected.parquet"),
+             "shard_root": caption_shards["dir"], "funnel": counts}
+    return Output(value, metadata={
+        "rows_in": counts["rows_in"], "kept": counts["kept"], "rejected": counts["rejected"],
+        "rejected_by_reason": MetadataValue.json(counts["rejected_by_reason"]),
+        "rejected_sample": MetadataValue.md(markdown_table(
+            rejected.group_by("filter_reason").head(2).select("uid", "caption", "filter_reason"))),
+        "kept_sample": MetadataValue.md(markdown_table(kept.select("uid", "caption", "width", "height"))),
+        "config": MetadataValue.json(dataclasses.asdict(cfg.filter)),
+    })
+
+
+@asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+def clip_model(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
+               mlflow_store: MLflowResource, filtered_captions: dict) -> Output[dict]:
+    """A CLIP model trained on the kept rows, checkpointed as safetensors, logged and registered in MLflow."""
+    cfg = pipeline.load_config(config.overrides)
+    out = pipeline.stage_dir("clip_model")
+    mlflow_store.setup(cfg.registry.experiment)
+    kept = pl.read_parquet(filtered_captions["kept"])
+    with mlflow.start_run(run_name=f"pretrain-{cfg.loss.name}", log_system_metrics=True) as run:
+        mlflow.log_params(flatten(cfg))
+        mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain"})
+        trained = run_pretraining(
+            kept, filtered_captions["shard_root"], out, cfg,
+            on_log=lambda r: mlflow.log_metrics({k: r[k] for k in ("loss", "lr", "temperature", "epoch")},
+                                                step=int(r["step"])),
+        )
+        result = trained.result
+        mlflow.log_metrics({"train_samples_per_second": result.samples_per_second,
+                            "train_seconds": result.seconds,
+                            "data_wait_share": result.data_wait_seconds / max(result.seconds, 1e-9)})
+        model_uri, version = log_and_register(trained.checkpoint_dir, cfg.registry.model_name)
+    value = {"dir": str(out), "checkpoint": str(trained.checkpoint_dir), "holdout": str(trained.holdout_path),
+             "history": str(trained.history_path), "shard_root": filtered_captions["shard_root"],
+             "run_id": run.info.run_id, "model_name": cfg.registry.model_name, "model_version": version,
+             "model_uri": model_uri, "loss": cfg.loss.name}
+    history = result.history
+    return Output(value, metadata={
+        "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
+        "loss_name": cfg.loss.name, "train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows,
+        "steps": result.steps, "device": result.device, "train_seconds": round(result.seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
+        "final_temperature": history[-1]["temperature"],
+        "config": MetadataValue.json({k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "loss", "train")}),
+    })
+
+
+@asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
+               mlflow_store: MLflowResource, clip_model: dict) -> Output[dict]:
+    """Zero-shot classification of the test set and retrieval on held-out pairs; writes outputs/metrics.json."""
+    cfg = pipeline.load_config(config.overrides)
+    mlflow_store.setup(cfg.registry.experiment)
+    out = pipeline.stage_dir("evaluation")
+    metrics_path = Path(pipeline.outputs_dir) / "metrics.json"
+    metrics = run_evaluation(clip_model, cfg, out, metrics_path)
+    value = {"dir": str(out), "metrics": metrics, "metrics_path": str(metrics_path),
+             "details": str(out / "details.json")}
+    return Output(value, metadata={
+        **{k: MetadataValue.float(v) for k, v in metrics.items()},
+        "model": f"{clip_model['model_name']} v{clip_model['model_version']}",
+        "config": MetadataValue.json(dataclasses.asdict(cfg.eval)),
+    })
+
+
+@asset(group_name=GROUP, kinds={"html", "mlflow"})
+def report(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
+           mlflow_store: MLflowResource, filtered_captions: dict, clip_model: dict, evaluation: dict) -> Output[dict]:
+    """outputs/report/index.html (self-contained), logged to MLflow; moves `champion` when the model is better."""
+    cfg = pipeline.load_config(config.overrides)
+    mlflow_store.setup(cfg.registry.experiment)
+    out = pipeline.stage_dir("report")
+    summary, decision = build_report(filtered_captions, clip_model, evaluation, cfg, out,
+                                     extra_ids={"dagster_run_id": context.run_id})
+    value = {"dir": str(out), "html": str(out / "index.html"), "decision": decision}
+    return Output(value, metadata={
+        "summary": MetadataValue.md(summary),
+        "promoted": decision["promoted"], "decision": decision["reason"],
+        "report": MetadataValue.path(str((out / "index.html").resolve())),
+    })
+
+
+ASSETS = [caption_shards, filtered_captions, clip_model, evaluation, report]

@@ -1,0 +1,143 @@
+"""`clip-pipeline`: every stage as a subcommand (each one a Dagster materialization), plus predict and models.
+
+The stage subcommands are what dvc.yaml runs, so `dvc repro` and the Dagster UI share one implementation
+and one run history (DAGSTER_HOME, default ./.dagster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+STAGES = {
+    "ingest": "caption_shards",
+    "filter": "filtered_captions",
+    "pretrain": "clip_model",
+    "evaluate": "evaluation",
+    "report": "report",
+}
+STAGE_HELP = {
+    "ingest": "decode and validate the captions table; write webdataset shards and a manifest",
+    "filter": "apply DataComp basic rules and deduplication; write kept and rejected manifests",
+    "pretrain": "train a CLIP model on the kept rows; log and register it in MLflow",
+    "evaluate": "zero-shot classification and retrieval; write outputs/metrics.json",
+    "report": "write outputs/report/index.html and move the `champion` alias if the model is better",
+}
+
+
+def _dagster_home() -> None:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+
+def materialize_assets(asset_names: list[str], params: str, overrides: list[str]) -> None:
+    """Materialize the named assets (and their checks) into the persistent Dagster instance."""
+    _dagster_home()
+    from dagster import DagsterInstance, materialize
+
+    from pipelines.assets import ASSETS
+    from pipelines.checks import CHECKS
+    from pipelines.definitions import build_resources
+
+    run_config = {"ops": {name: {"config": {"overrides": overrides}} for name in asset_names}}
+    result = materialize([*ASSETS, *CHECKS], selection=asset_names, instance=DagsterInstance.get(),
+                         resources=build_resources(params_path=params), run_config=run_config)
+    failed = [e.asset_check_evaluation_data for e in result.get_asset_check_evaluations() if not e.passed]
+    for check in failed:
+        print(f"check failed: {check.asset_key.to_user_string()} / {check.check_name}", file=sys.stderr)
+    print(f"dagster run {result.run_id}: materialized {', '.join(asset_names)}")
+
+
+def build_data(params: str, overrides: list[str]) -> None:
+    """Build the default caption dataset (Fashion-MNIST) under data/."""
+    from clipcore.config import load_params
+    from clipcore.fashion_mnist import build_caption_dataset
+
+    counts = build_caption_dataset(load_params(params, overrides).data)
+    print("caption dataset:", ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def predict(model_uri: str, labels: str | None, images: list[str]) -> None:
+    """Zero-shot predictions (or embeddings' shapes, without --labels) for image files."""
+    from pipelines.tracking import configure_mlflow
+
+    configure_mlflow(None, "mlruns/artifacts", "clip-pipeline")
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in images]})
+    names = [s.strip() for s in labels.split(",") if s.strip()] if labels else []
+    if not names:
+        embeddings = model.predict(frame)
+        print(f"embeddings: shape {embeddings.shape}")
+        return
+    out = model.predict(frame, params={"labels": names})
+    for path, (_, row) in zip(images, out.iterrows(), strict=True):
+        probs = "  ".join(f"{n}={row[n]:.3f}" for n in sorted(names, key=lambda n: -row[n]))
+        print(f"{path}: {row['label']}  ({probs})")
+
+
+def list_models(name: str) -> None:
+    """Registered versions with aliases and headline metrics, newest first."""
+    from pipelines.tracking import configure_mlflow
+
+    configure_mlflow(None, "mlruns/artifacts", "clip-pipeline")
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    aliases = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    print(f"{'version':>7}  {'aliases':<10}  {'top1':>6}  {'top5':>6}  {'promotion':<9}  run")
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
+    for v in versions:
+        top1, top5 = v.tags.get("zero_shot_top1", "-"), v.tags.get("zero_shot_top5", "-")
+        print(f"{v.version:>7}  {','.join(aliases.get(v.version, [])) or '-':<10}  {top1[:6]:>6}  {top5[:6]:>6}  "
+              f"{v.tags.get('promotion', '-'):<9}  {v.run_id}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clip-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_params(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param, e.g. --set train.epochs=1 (repeatable)")
+        return p
+
+    with_params(sub.add_parser("data", help="build the default Fashion-MNIST caption dataset under data/"))
+    for stage, text in STAGE_HELP.items():
+        with_params(sub.add_parser(stage, help=text, description=text))
+    with_params(sub.add_parser("run", help="materialize all five stages in order"))
+    p = sub.add_parser("predict", help="classify image files with a registered model")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", default="models:/clip@champion", help="model URI (default: %(default)s)")
+    p.add_argument("--labels", help="comma-separated class names; without it, prints embedding shapes")
+    p = sub.add_parser("models", help="list registered model versions, aliases and metrics")
+    p.add_argument("--name", default="clip", help="registered model name (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "data":
+        build_data(args.params, args.overrides)
+    elif args.command in STAGES:
+        materialize_assets([STAGES[args.command]], args.params, args.overrides)
+    elif args.command == "run":
+        materialize_assets(list(STAGES.values()), args.params, args.overrides)
+    elif args.command == "predict":
+        predict(args.model, args.labels, args.images)
+    elif args.command == "models":
+        list_models(args.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The evaluate stage's wiring: load the checkpoint and data, call clipcore, write metrics, log to MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import torch
+from mlflow import MlflowClient
+
+from clipcore.config import PipelineConfig
+from clipcore.evaluation import evaluate_model
+from clipcore.fashion_mnist import read_idx
+from clipcore.model import load_checkpoint
+from clipcore.shards import load_samples
+from clipcore.zero_shot import load_class_names, load_lines
+
+TOP_K_EXAMPLES = 5
+
+
+def load_test_set(cfg: PipelineConfig) -> tuple[torch.Tensor, np.ndarray]:
+    """(N, H, W) uint8 test images and (N,) labels, at most `eval.max_test_images`."""
+    images = read_idx(cfg.eval.test_images)
+    labels = read_idx(cfg.eval.test_labels)
+    if len(images) != len(labels):
+        raise ValueError(f"{cfg.eval.test_images}: {len(images)} images but {len(labels)} labels")
+    n = cfg.eval.max_test_images or len(images)
+    return torch.from_numpy(images[:n].copy()), labels[:n].astype(np.int64)
+
+
+def load_holdout(clip_model: dict, cfg: PipelineConfig) -> tuple[list[str], torch.Tensor, list[str]]:
+    """The pretrain stage's held-out (uid, image, caption) rows, read back from the shards."""
+    holdout = pl.read_parquet(clip_model["holdout"])
+    shards = sorted({str(Path(clip_model["shard_root"]) / s) for s in holdout["shard"].to_list()})
+    return load_samples(shards, holdout["uid"].to_list(), cfg.model.image_size, cfg.model.channels, progress=False)
+
+
+def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_path: Path) -> dict[str, float]:
+    """Evaluate the checkpoint; write metrics.json and details.json; log both to the training run."""
+    model, tokenizer = load_checkpoint(clip_model["checkpoint"])
+    templates = load_lines(str(Path(clip_model["checkpoint"]) / "templates.txt"))
+    class_names = load_class_names("fashion_mnist")
+    test_images, test_labels = load_test_set(cfg)
+    uids, holdout_images, holdout_captions = load_holdout(clip_model, cfg)
+    result = evaluate_model(model, tokenizer, test_images, test_labels, class_names, templates,
+                            holdout_images, holdout_captions, cfg.eval.batch_size)
+    metrics = result["metrics"]
+    similarity = result["retrieval_similarity"]  # (images, captions)
+    examples = [
+        {"caption": holdout_captions[j], "caption_uid": uids[j],
+         "top_uids": [uids[i] for i in np.argsort(-similarity[:, j])[:TOP_K_EXAMPLES]]}
+        for j in range(min(cfg.eval.num_examples, len(uids)))
+    ]
+    details = {"class_names": class_names, "per_class_accuracy": result["per_class_accuracy"],
+               "confusion": result["confusion"], "retrieval_examples": examples,
+               "test_images": len(test_labels), "holdout_pairs": len(uids)}
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    (out / "details.json").write_text(json.dumps(details, indent=2))
+    with mlflow.start_run(run_id=clip_model["run_id"]):
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(metrics_path), "evaluation")
+        mlflow.log_artifact(str(out / "details.json"), "evaluation")
+    client = MlflowClient()
+    for key in ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r1"):
+        client.set_model_version_tag(clip_model["model_name"], clip_model["model_version"], key, f"{metrics[key]:.6f}")
+    return metrics

@@ -1,0 +1,69 @@
+"""The report stage's wiring: gather every stage's products, decide the champion, render and log the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import polars as pl
+import yaml
+
+from clipcore.config import PipelineConfig, flatten
+from clipcore.report import ReportInputs, render_report, render_summary
+from clipcore.shards import load_samples
+from pipelines.tracking import promote_if_better
+
+
+def lineage() -> dict[str, str]:
+    """The data version (data.dvc's md5) and the code version (git commit), where available."""
+    ids = {}
+    if Path("data.dvc").exists():
+        outs = yaml.safe_load(Path("data.dvc").read_text()).get("outs", [{}])
+        ids["data.dvc md5"] = str(outs[0].get("md5", "?"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    if commit.returncode == 0:
+        ids["git commit"] = commit.stdout.strip()
+    return ids
+
+
+def retrieval_examples(details: dict, clip_model: dict, cfg: PipelineConfig) -> list[dict]:
+    """Each example caption with the thumbnails of its top images (and whether each is the caption's own)."""
+    examples = details["retrieval_examples"]
+    uids = sorted({u for ex in examples for u in ex["top_uids"]})
+    holdout = pl.read_parquet(clip_model["holdout"]).filter(pl.col("uid").is_in(uids))
+    shards = sorted({str(Path(clip_model["shard_root"]) / s) for s in holdout["shard"].to_list()})
+    loaded, images, _ = load_samples(shards, uids, cfg.model.image_size, cfg.model.channels, progress=False)
+    by_uid = {u: images[i].numpy() for i, u in enumerate(loaded)}
+    return [{"caption": ex["caption"], "images": [(by_uid[u], u == ex["caption_uid"]) for u in ex["top_uids"]]}
+            for ex in examples]
+
+
+def build_report(filtered_captions: dict, clip_model: dict, evaluation: dict, cfg: PipelineConfig, out: Path,
+                 extra_ids: dict[str, str]) -> tuple[str, dict]:
+    """Promote if better, write index.html and summary.md, log them to the run; returns (summary, decision)."""
+    metrics = evaluation["metrics"]
+    decision = promote_if_better(clip_model["model_name"], clip_model["model_version"], metrics["zero_shot_top1"])
+    details = json.loads(Path(evaluation["details"]).read_text())
+    inputs = ReportInputs(
+        funnel=filtered_captions["funnel"],
+        history=json.loads(Path(clip_model["history"]).read_text()),
+        metrics=metrics,
+        class_names=details["class_names"],
+        per_class_accuracy=details["per_class_accuracy"],
+        confusion=details["confusion"],
+        retrieval_examples=retrieval_examples(details, clip_model, cfg),
+        identifiers={"MLflow run": clip_model["run_id"], "model": clip_model["model_uri"],
+                     "registered": f"models:/{clip_model['model_name']}/{clip_model['model_version']}",
+                     "loss": clip_model["loss"], **lineage(), **extra_ids},
+        decision=decision["reason"],
+        config={k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("model", "loss", "train", "filter")},
+    )
+    (out / "index.html").write_text(render_report(inputs))
+    summary = render_summary(inputs)
+    (out / "summary.md").write_text(summary)
+    with mlflow.start_run(run_id=clip_model["run_id"]):
+        mlflow.log_artifact(str(out / "index.html"), "report")
+        mlflow.set_tag("promotion", decision["reason"])
+    return summary, decision
