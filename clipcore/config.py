@@ -37,6 +37,8 @@ class DataConfig:
     """Share of captions written in another language."""
     corrupt_fraction: float = 0.002
     """Share of image files replaced by undecodable bytes."""
+    limit: int | None = None
+    """Use only the first `limit` training images (tests and quick looks); None uses all 60,000."""
 
 
 @dataclass

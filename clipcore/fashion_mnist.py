@@ -27,6 +27,7 @@ CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shi
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DOWNLOAD_CACHE = "~/.cache/clip-pipeline/fashion-mnist"
 
 # How people name each class on the web; the first is the class name used by zero-shot prompts.
 SYNONYMS = {
@@ -59,27 +60,37 @@ SHORT = ["", "img", "nice", "IMG_2041.JPG", "shirt", "photo", "untitled", "  "]
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read a gzipped IDX file (the MNIST format) into a uint8 array: (N, H, W) images or (N,) labels."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    return read_idx_bytes(Path(path).read_bytes(), str(path))
+
+
+def read_idx_bytes(payload: bytes, name: str) -> np.ndarray:
+    """Parse gzipped IDX bytes; `name` only labels errors."""
+    try:
+        data = gzip.decompress(payload)
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{name}: not a gzip file ({err})") from err
     magic, = struct.unpack(">I", data[:4])
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
+        raise ValueError(f"{name}: not an unsigned-byte IDX file (magic {magic:#x})")
     ndim = magic & 0xFF
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def fetch_sources(source_dir: str | Path, dest: str | Path) -> Path:
-    """Copy the four Fashion-MNIST files into `dest`, from `source_dir` or else from the official URLs."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+def locate_sources(source_dir: str | Path, cache_dir: str | Path = DOWNLOAD_CACHE) -> Path:
+    """The folder holding the four Fashion-MNIST files: `source_dir` when complete, else a download cache
+    filled from the dataset's official URLs.
+
+    Raises:
+        RuntimeError: a file is neither local nor downloadable (names the file and both places).
+    """
+    if all((Path(source_dir) / name).exists() for name in FILES):
+        return Path(source_dir)
+    cache = Path(cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        target = dest / name
+        target = cache / name
         if target.exists():
-            continue
-        local = Path(source_dir) / name
-        if local.exists():
-            shutil.copyfile(local, target)
             continue
         try:
             with urllib.request.urlopen(URL + name, timeout=60) as response:
@@ -89,10 +100,11 @@ def fetch_sources(source_dir: str | Path, dest: str | Path) -> Path:
                 f"Fashion-MNIST file {name} is neither in {source_dir} nor downloadable from {URL} ({err}). "
                 "Install the Debian package `dataset-fashion-mnist` or copy the four *-ubyte.gz files there."
             ) from err
+        read_idx_bytes(payload, name)  # refuse to cache an HTML error page
         tmp = target.with_suffix(".part")
         tmp.write_bytes(payload)
         tmp.rename(target)
-    return dest
+    return cache
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -152,9 +164,9 @@ def build_caption_dataset(config: DataConfig, progress: bool = True) -> dict[str
         Row counts per noise kind, plus `rows` and `test_images`.
     """
     root = Path(config.root)
-    raw = fetch_sources(config.source_dir, root / "raw")
-    images = read_idx(raw / FILES[0])
-    labels = read_idx(raw / FILES[1])
+    raw = locate_sources(config.source_dir)
+    images = read_idx(raw / FILES[0])[: config.limit]
+    labels = read_idx(raw / FILES[1])[: config.limit]
     test = root / "test"
     test.mkdir(parents=True, exist_ok=True)
     for name in FILES[2:]:
@@ -173,7 +185,6 @@ def build_caption_dataset(config: DataConfig, progress: bool = True) -> dict[str
             path.write_bytes(payload)
         paths.append(rel)
     pl.DataFrame({"path": paths, "caption": plan.caption}).write_csv(root / "captions.csv")
-    shutil.rmtree(raw)
     counts = {"rows": len(paths), "test_images": len(read_idx(test / FILES[3]))}
     for tag in plan.noise:
         if tag:
