@@ -76,7 +76,7 @@ def evaluate_model(
         "zero_shot_mean_per_class_recall": zero_shot["mean_per_class_recall"],
         **{f"retrieval_{k}": v for k, v in retrieval.items()},
         **margin_diagnostics(pair_images, pair_texts),
-        "temperature": float(1 / model.scale()),
+        "temperature": float(1 / model.scale().detach()),
     }
     return {
         "metrics": metrics,

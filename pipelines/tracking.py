@@ -69,7 +69,7 @@ def champion_top1(client: MlflowClient, model_name: str) -> tuple[str | None, fl
     except MlflowException:
         return None, None
     value = version.tags.get("zero_shot_top1")
-    return version.version, float(value) if value is not None else None
+    return str(version.version), float(value) if value is not None else None
 
 
 def promote_if_better(model_name: str, version: str, top1: float) -> dict:

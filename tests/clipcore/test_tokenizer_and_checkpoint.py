@@ -1,0 +1,56 @@
+"""Tokenizer and checkpoint round trips."""
+
+import torch
+
+from clipcore.config import ModelConfig
+from clipcore.model import build_model, load_checkpoint, save_checkpoint
+from clipcore.tokenizer import EOT, PAD, SOT, load_tokenizer, tokenize, train_tokenizer
+
+CAPTIONS = ["a photo of a coat", "cheap sneakers free shipping", "a black and white photo of a dress",
+            "vintage ankle boot in great condition", "una camiseta negra"] * 20
+
+
+def test_tokenizer_layout_and_round_trip(tmp_path):
+    tok = train_tokenizer(CAPTIONS, vocab_size=300, context_length=8)
+    ids = tokenize(tok, ["a photo of a coat", "", "a very long caption that will not fit in eight tokens at all"])
+    assert ids.shape == (3, 8)
+    sot, eot, pad = tok.token_to_id(SOT), tok.token_to_id(EOT), tok.token_to_id(PAD)
+    assert (ids[:, 0] == sot).all()
+    assert ids[1, :2].tolist() == [sot, eot] and (ids[1, 2:] == pad).all()
+    assert ids[2, -1] == eot  # truncation keeps the end token, which the text tower pools
+    assert eot != 2  # transformers' legacy argmax pooling would kick in
+    tok.save(str(tmp_path / "tok.json"))
+    again = load_tokenizer(tmp_path / "tok.json", 8)
+    assert torch.equal(tokenize(again, CAPTIONS[:5]), tokenize(tok, CAPTIONS[:5]))
+    assert tok.decode(tokenize(tok, ["cheap sneakers"])[0].tolist()).replace(" ", "") == "cheapsneakers"
+
+
+def test_checkpoint_round_trip_gives_identical_embeddings(tmp_path):
+    tok = train_tokenizer(CAPTIONS, vocab_size=300, context_length=8)
+    config = ModelConfig(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=16, vocab_size=300,
+                         context_length=8)
+    model = build_model(config, tok).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(3.0)
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    loaded, loaded_tok = load_checkpoint(tmp_path / "ckpt")
+    pixels = torch.randn(3, 1, 28, 28)
+    ids = tokenize(tok, CAPTIONS[:3])
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(pixels), loaded.encode_image(pixels))
+        assert torch.equal(model.encode_text(ids), loaded.encode_text(tokenize(loaded_tok, CAPTIONS[:3])))
+    assert loaded.logit_scale.item() == 3.0
+    emb = loaded.encode_text(ids)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_text_embedding_ignores_padding():
+    tok = train_tokenizer(CAPTIONS, vocab_size=300, context_length=12)
+    config = ModelConfig(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=16, vocab_size=300,
+                         context_length=12)
+    model = build_model(config, tok).eval()
+    ids = tokenize(tok, ["a coat"])
+    changed = ids.clone()
+    changed[0, -1] = 7  # a different token after <eot> must not matter: causal mask, pooled at <eot>
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(ids), model.encode_text(changed), atol=1e-6)

@@ -1,0 +1,62 @@
+"""The optimizer groups, the schedule and a short real training run."""
+
+import math
+
+import pytest
+import torch
+
+from clipcore.config import LossConfig, ModelConfig, TrainConfig
+from clipcore.model import build_model
+from clipcore.tokenizer import tokenize, train_tokenizer
+from clipcore.training import build_optimizer, train_clip, warmup_cosine
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
+    assert f(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def tiny_model():
+    tok = train_tokenizer(["a photo of a coat", "a photo of a bag"] * 10, vocab_size=300, context_length=8)
+    config = ModelConfig(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=16, vocab_size=300,
+                         context_length=8)
+    return build_model(config, tok), tok
+
+
+def test_no_weight_decay_on_gains_biases_and_logit_scale():
+    model, _ = tiny_model()
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.2), fused=False)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert id(model.logit_scale) not in decayed
+    assert all(p.ndim >= 2 for p in model.parameters() if id(p) in decayed)
+    assert any("layer_norm" in names[i] or "bias" in names[i] for i in names if i not in decayed)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("loss", ["clip", "clip_reg", "siglip", "cyclip"])
+def test_training_learns_a_two_class_toy_task(loss):
+    """Bright images captioned 'coat', dark ones 'bag': every objective must learn to tell them apart."""
+    torch.manual_seed(0)
+    model, tok = tiny_model()
+    labels = torch.arange(256) % 2
+    images = (labels[:, None, None] * 200 + torch.randint(0, 50, (256, 28, 28))).to(torch.uint8)
+    captions = ["a photo of a coat" if y else "a photo of a bag" for y in labels.tolist()]
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=3e-3, warmup_steps=4, log_every=1)
+    result = train_clip(model, images, tokenize(tok, captions), cfg, LossConfig(name=loss), progress=False)
+    assert result.steps == 48 and len(result.history) == 48
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    with torch.no_grad():
+        image_emb = model.encode_image((images[:20, None].float() / 255 - 0.5) / 0.5)
+        text_emb = model.encode_text(tokenize(tok, ["a photo of a bag", "a photo of a coat"]))
+    assert ((image_emb @ text_emb.T).argmax(1) == labels[:20]).float().mean() == 1.0
+    assert 1.0 <= model.scale().item() <= 100.0
+
+
+def test_training_rejects_mismatched_inputs():
+    model, tok = tiny_model()
+    with pytest.raises(ValueError, match="captions"):
+        train_clip(model, torch.zeros(10, 28, 28, dtype=torch.uint8), tokenize(tok, ["x"] * 9), TrainConfig(),
+                   LossConfig(), progress=False)

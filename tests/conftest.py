@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny slice of the real Fashion-MNIST caption data and tiny configs."""
+
+from pathlib import Path
+
+import pytest
+
+from clipcore.config import DataConfig
+from clipcore.fashion_mnist import FILES, build_caption_dataset
+
+SOURCES = [Path("/usr/share/datasets/fashion-mnist"), Path("~/.cache/clip-pipeline/fashion-mnist").expanduser()]
+
+
+def fashion_mnist_dir() -> Path:
+    for folder in SOURCES:
+        if all((folder / f).exists() for f in FILES):
+            return folder
+    pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 1,200-image caption dataset built from the real training images, with every kind of noise."""
+    root = tmp_path_factory.mktemp("data") / "fashion_mnist"
+    build_caption_dataset(DataConfig(source_dir=str(fashion_mnist_dir()), root=str(root), limit=1200,
+                                     corrupt_fraction=0.005), progress=False)
+    return root
+
+
+TINY_PARAMS = """
+model: {{vision_width: 32, vision_heads: 2, text_width: 32, text_heads: 2, embed_dim: 32, vocab_size: 400}}
+ingest: {{captions: {data}/captions.csv, shard_size: 500, workers: 1}}
+train: {{epochs: 2, batch_size: 64, holdout_size: 100, warmup_steps: 5, log_every: 2}}
+eval: {{test_images: {data}/test/t10k-images-idx3-ubyte.gz, test_labels: {data}/test/t10k-labels-idx1-ubyte.gz,
+        max_test_images: 300}}
+"""
+
+
+@pytest.fixture
+def tiny_params(tmp_path, tiny_data) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(TINY_PARAMS.format(data=tiny_data))
+    return path

@@ -1,0 +1,42 @@
+"""Run in a fresh process by test_assets: load models:/clip@champion and score the test images through pyfunc."""
+
+import io
+import json
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from clipcore.config import load_params
+from clipcore.fashion_mnist import read_idx
+from clipcore.zero_shot import load_class_names
+
+import os  # noqa: E402  (after the imports the test environment must resolve)
+
+uri = sys.argv[1]
+mlflow.set_tracking_uri(uri)
+model = mlflow.pyfunc.load_model("models:/clip@champion")
+cfg = load_params(os.environ["TINY_PARAMS"])
+n = cfg.eval.max_test_images
+images = read_idx(cfg.eval.test_images)[:n]
+labels = read_idx(cfg.eval.test_labels)[:n]
+
+
+def png(a):
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+frame = pd.DataFrame({"image": [png(a) for a in images]})
+names = load_class_names("fashion_mnist")
+probs = model.predict(frame, params={"labels": names})
+image_emb = model.predict(frame.head(4))
+text_emb = model.predict(pd.DataFrame({"text": ["a photo of a coat", "a bag"]}))
+print(json.dumps({
+    "top1": float((probs["label"].map(names.index).to_numpy() == labels).mean()),
+    "embedding_norms_ok": bool(np.allclose(np.linalg.norm(image_emb, axis=1), 1, atol=1e-4)),
+    "image_dim": int(image_emb.shape[1]), "text_dim": int(text_emb.shape[1]),
+}))

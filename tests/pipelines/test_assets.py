@@ -1,0 +1,93 @@
+"""Each asset through `dagster.materialize` on a tiny slice, MLflow in tmp_path; then the whole graph."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from dagster import DagsterInstance, materialize
+from mlflow import MlflowClient
+
+from pipelines.assets import ASSETS
+from pipelines.checks import CHECKS
+from pipelines.definitions import build_resources, defs
+
+
+@pytest.fixture
+def env(tmp_path, tiny_params, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    resources = build_resources(params_path=str(tiny_params), outputs_dir=str(tmp_path / "outputs"),
+                                artifact_root=str(tmp_path / "mlruns" / "artifacts"))
+    return {"resources": resources, "outputs": tmp_path / "outputs", "uri": uri,
+            "instance": DagsterInstance.ephemeral()}
+
+
+def run(env, selection, overrides=()):
+    config = {"ops": {name: {"config": {"overrides": list(overrides)}} for name in selection}}
+    return materialize([*ASSETS, *CHECKS], selection=selection, resources=env["resources"], run_config=config,
+                       instance=env["instance"])
+
+
+def checks_passed(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_definitions_load():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"caption_shards", "filtered_captions", "clip_model", "evaluation", "report"}
+
+
+def test_ingest_then_filter_assets(env):
+    result = run(env, ["caption_shards"])
+    meta = result.asset_materializations_for_node("caption_shards")[0].metadata
+    assert meta["rows"].value == 1224 and meta["failed"].value == 6  # 0.5% of 1200 corrupt files
+    assert checks_passed(result) == {"ingest_accounts_for_every_row": True}
+
+    result = run(env, ["filtered_captions"])
+    meta = result.asset_materializations_for_node("filtered_captions")[0].metadata
+    assert meta["kept"].value + meta["rejected"].value == 1224
+    reasons = meta["rejected_by_reason"].value
+    assert reasons["ingest_failed:undecodable_image"] == 6 and reasons["duplicate_image"] > 0
+    assert sum(reasons.values()) == meta["rejected"].value
+    assert checks_passed(result) == {"filter_counts_reconcile": True}
+
+
+def test_whole_graph_registry_and_served_model(env, tmp_path):
+    result = run(env, [a.key.to_user_string() for a in ASSETS])
+    assert result.success and all(checks_passed(result).values()), checks_passed(result)
+    metrics = json.loads((env["outputs"] / "metrics.json").read_text())
+    for key in ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall", "retrieval_image_to_text_r1",
+                "retrieval_text_to_image_r10"):
+        assert 0.0 <= metrics[key] <= 1.0
+    html = (env["outputs"] / "report" / "index.html").read_text()
+    for section in ("Data funnel", "Training", "Zero-shot classification", "Retrieval", "Run and model"):
+        assert section in html
+    assert "data:image/png;base64," in html
+    client = MlflowClient(env["uri"])
+    champion = client.get_model_version_by_alias("clip", "champion")
+    assert str(champion.version) == "1" and champion.tags["promotion"] == "promoted"
+
+    # The champion, loaded in a new process, reproduces the evaluation's zero-shot top-1 on the same images.
+    script = Path(__file__).with_name("served_top1.py")
+    out = subprocess.run([sys.executable, str(script), env["uri"], str(tmp_path / "outputs" / "..")],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TINY_PARAMS":
+                              str(env["resources"]["pipeline"].params_path)})
+    served = json.loads(out.stdout.strip().splitlines()[-1])
+    assert served["embedding_norms_ok"] and served["text_dim"] == served["image_dim"]
+    assert served["top1"] == pytest.approx(metrics["zero_shot_top1"], abs=0.01)
+
+    # A worse candidate is refused: the champion stays, and the decision is recorded on the version.
+    result = run(env, ["clip_model", "evaluation", "report"], overrides=["train.epochs=0.05", "train.lr=1e-6"])
+    decision = result.asset_materializations_for_node("report")[0].metadata
+    assert decision["promoted"].value is False and "does not beat" in decision["decision"].value
+    assert str(client.get_model_version_by_alias("clip", "champion").version) == "1"
+    assert client.get_model_version("clip", "2").tags["promotion"] == "refused"
+    mlflow.set_tracking_uri(env["uri"])
+    run_data = client.get_run(champion.run_id).data
+    assert "loss" in run_data.metrics and run_data.params["loss.name"] == "clip"
+    assert [m.step for m in client.get_metric_history(champion.run_id, "loss")][:2] == [0, 2]
