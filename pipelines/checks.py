@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetCheckResult, AssetIn, AssetCheckSeverity, asset_check
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 
 from clipcore.ingest import read_captions_table
 from pipelines.assets import caption_shards, clip_model, evaluation, filtered_captions, report

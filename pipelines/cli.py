@@ -43,7 +43,8 @@ def materialize_assets(asset_names: list[str], params: str, overrides: list[str]
     from pipelines.checks import CHECKS
     from pipelines.definitions import build_resources
 
-    run_config = {"ops": {name: {"config": {"overrides": overrides}} for name in asset_names}}
+    run_config = {"ops": {name: {"config": {"overrides": overrides}} for name in asset_names},
+                  "loggers": {"console": {"config": {"log_level": "INFO"}}}}
     result = materialize([*ASSETS, *CHECKS], selection=asset_names, instance=DagsterInstance.get(),
                          resources=build_resources(params_path=params), run_config=run_config)
     failed = [e.asset_check_evaluation_data for e in result.get_asset_check_evaluations() if not e.passed]

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os  # noqa: E402  (after the imports the test environment must resolve)
 import sys
 
 import mlflow
@@ -12,8 +13,6 @@ from PIL import Image
 from clipcore.config import load_params
 from clipcore.fashion_mnist import read_idx
 from clipcore.zero_shot import load_class_names
-
-import os  # noqa: E402  (after the imports the test environment must resolve)
 
 uri = sys.argv[1]
 mlflow.set_tracking_uri(uri)
