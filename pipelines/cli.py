@@ -98,7 +98,7 @@ def list_models(name: str) -> None:
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
     for v in versions:
         top1, top5 = v.tags.get("zero_shot_top1", "-"), v.tags.get("zero_shot_top5", "-")
-        print(f"{v.version:>7}  {','.join(aliases.get(v.version, [])) or '-':<10}  {top1[:6]:>6}  {top5[:6]:>6}  "
+        print(f"{v.version:>7}  {','.join(aliases.get(str(v.version), [])) or '-':<10}  {top1[:6]:>6}  {top5[:6]:>6}  "
               f"{v.tags.get('promotion', '-'):<9}  {v.run_id}")
 
 
