@@ -43,34 +43,88 @@ class DataConfig:
 
 @dataclass
 class IngestConfig:
-    """Decoding, validation and sharding of a captions table."""
+    """Reading a caption source, fetching and validating every image, writing webdataset shards."""
 
-    captions: str = "data/fashion_mnist/captions.csv"
-    """Captions table (csv or parquet) with columns `path` (relative to the table) and `caption`."""
+    input: str = "data/fashion_mnist/captions.csv"
+    """URL list (parquet/csv/tsv/jsonl, optionally .gz), image folder, webdataset tar(s) or COCO captions JSON."""
+    input_format: str = "auto"
+    """`auto` (from the name), parquet, csv, tsv, jsonl, folder, webdataset or coco."""
+    url_col: str = "url"
+    """Column of a URL list holding the image URL (or, with `local_paths`, the file path)."""
+    caption_col: str = "caption"
+    """Column of a URL list holding the caption."""
+    local_paths: bool = False
+    """`url_col` holds file paths relative to the input file (local caption tables); otherwise only http(s)."""
+    image_root: str | None = None
+    """Folder the COCO `file_name`s resolve against (default: the JSON's folder)."""
     shard_size: int = 10_000
-    """Samples per webdataset tar shard."""
+    """Input rows per shard (each shard: one tar and one parquet manifest)."""
+    processes: int = 2
+    """Worker processes, one shard at a time each."""
+    threads: int = 16
+    """Download threads per process."""
+    max_side: int = 256
+    """Images with a longer side are downscaled, keeping the aspect ratio."""
+    encode_format: str = "jpg"
+    """Re-encoding of stored images: `jpg` or `png` (lossless)."""
+    jpeg_quality: int = 95
+    """JPEG quality when `encode_format` is jpg."""
+    timeout: float = 10.0
+    """Seconds per connect and per read."""
+    retries: int = 2
+    """Retries (with backoff) on 5xx, timeouts and reset connections; never on 4xx."""
+    max_redirects: int = 5
+    """Redirects followed before `too_many_redirects`."""
+    max_bytes: int = 20_000_000
+    """Largest accepted download."""
     max_pixels: int = 50_000_000
-    """Images with more pixels than this are rejected (decompression bombs)."""
+    """Images with more pixels are rejected (decompression bombs)."""
     max_caption_chars: int = 1_000
-    """Captions longer than this are rejected."""
-    workers: int = 2
-    """Processes decoding images."""
+    """Longer captions are rejected."""
+    user_agent: str = "clip-pipeline/0.1 (img2dataset-compatible research crawler)"
+    """User-Agent header of every request."""
+
+
+@dataclass
+class ClipScoreConfig:
+    """CLIP-score filtering: cosine similarity of each kept pair under a trained model."""
+
+    enabled: bool = False
+    """Score and filter the pairs that pass every other rule."""
+    model: str = "models:/clip@champion"
+    """An MLflow model URI (pyfunc of this project) or a local Hugging Face CLIP directory."""
+    threshold: float | None = None
+    """Keep pairs scoring at least this cosine; None uses `top_fraction`."""
+    top_fraction: float = 0.9
+    """Keep this best-scoring fraction when `threshold` is None."""
+    batch_size: int = 512
+    """Pairs per forward pass."""
 
 
 @dataclass
 class FilterConfig:
-    """DataComp's basic filter plus exact deduplication."""
+    """DataComp's basic filter, language identification, exact and near deduplication, CLIP score."""
 
+    enabled: bool = True
+    """False keeps every ingested image (the unfiltered baseline); only failed ingests are rejected."""
     min_words: int = 3
     """A caption needs at least this many words."""
     min_chars: int = 6
     """A caption needs at least this many characters (DataComp: more than 5)."""
     min_side: int = 16
-    """Smallest allowed image side in pixels."""
+    """Smallest allowed image side in pixels (of the original image)."""
     max_aspect_ratio: float = 3.0
     """Largest allowed ratio of long to short image side."""
+    languages: tuple[str, ...] = ("en",)
+    """Allowed caption languages (ISO 639-1, detected with lingua); empty disables the rule."""
     dedupe_images: bool = True
     """Keep only the first row of each exact image (sha256)."""
+    near_duplicate_bits: int | None = None
+    """Reject images whose 64-bit perceptual hash is within this Hamming distance of a kept one; None disables."""
+    dedupe_captions: bool = False
+    """Keep only the first row of each exact caption (off for templated captions)."""
+    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
+    """CLIP-score filtering."""
 
 
 @dataclass
@@ -203,7 +257,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, t, where) for v, t in zip(value, typing.get_args(annotation), strict=True))
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, args, strict=True))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str):

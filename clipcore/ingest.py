@@ -1,131 +1,201 @@
-"""Ingestion: a captions table -> validated rows in webdataset tar shards plus a parquet manifest.
+"""Ingestion: any caption source -> validated, resized images in webdataset tar shards, one parquet manifest
+per shard and `_stats.json`.
 
-Every input row gets one manifest row: `status` is `success` (the sample is in a shard) or `failed`
-with a `reason`; nothing is dropped silently.
+Every input row gets exactly one manifest row: `status` is `success` (the sample is in the shard's tar) or a
+failure status with an `error` reason; nothing is dropped silently. Shards are written atomically (tar,
+then manifest), so a rerun skips complete shards and redoes partial ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import imagehash
 import polars as pl
 import webdataset as wds
+from PIL import Image
 from tqdm import tqdm
 
 from clipcore.config import IngestConfig
+from clipcore.fetch import FetchConfig, Fetcher, FetchError
 from clipcore.images import decode_image
+from clipcore.sources import TABLE_FORMATS, detect_format, read_source
 
 MANIFEST_SCHEMA = {
-    "uid": pl.String, "source": pl.String, "caption": pl.String, "width": pl.Int32, "height": pl.Int32,
-    "sha256": pl.String, "shard": pl.String, "status": pl.String, "reason": pl.String,
+    "uid": pl.String, "url": pl.String, "caption": pl.String, "width": pl.Int32, "height": pl.Int32,
+    "original_width": pl.Int32, "original_height": pl.Int32, "sha256": pl.String, "phash": pl.String,
+    "shard": pl.String, "status": pl.String, "error": pl.String,
 }
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
+_progress = None  # a shared counter, set in each worker process
 
 
-def read_captions_table(path: str | Path) -> pl.DataFrame:
-    """Read a csv or parquet captions table with columns `path` and `caption`; paths resolve against its folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"captions table {path} does not exist (run `clip-pipeline data` for the default)")
-    if path.suffix == ".parquet":
-        table = pl.read_parquet(path)
-    elif path.suffix in (".csv", ".tsv"):
-        table = pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",",
-                            schema_overrides={"path": pl.String, "caption": pl.String})
-    else:
-        raise ValueError(f"captions table {path}: unknown format {path.suffix!r} (use .csv, .tsv or .parquet)")
-    missing = [c for c in ("path", "caption") if c not in table.columns]
-    if missing:
-        raise ValueError(f"captions table {path}: missing column(s) {missing}; found {table.columns}")
-    return table.select("path", "caption")
+def prepare_rows(table: pl.DataFrame, config: IngestConfig, dedupe_urls: bool = True) -> pl.DataFrame:
+    """Add `uid` and the reasons decidable without fetching: source errors, missing, huge captions, repeat URLs.
 
-
-@dataclass
-class _Job:
-    uid: str
-    source: str
-    caption: str | None
-    max_pixels: int
-    max_caption_chars: int
-
-
-def inspect_row(job: _Job) -> tuple[dict, bytes | None]:
-    """Read and validate one row; returns its manifest row and, when it succeeded, the image bytes."""
-    row = {"uid": job.uid, "source": job.source, "caption": job.caption, "width": None, "height": None,
-           "sha256": None, "shard": None, "status": "failed", "reason": None}
-    try:
-        payload = Path(job.source).read_bytes()
-    except OSError as err:
-        row["reason"] = f"unreadable_file: {err.strerror}"
-        return row, None
-    row["sha256"] = hashlib.sha256(payload).hexdigest()
-    if job.caption is not None and len(job.caption) > job.max_caption_chars:
-        row["reason"] = f"caption_too_long: {len(job.caption)} chars"
-        return row, None
-    try:
-        image = decode_image(payload, job.max_pixels)
-    except ValueError as err:
-        row["reason"] = str(err).split(":")[0]  # e.g. undecodable_image
-        return row, None
-    row.update(width=image.width, height=image.height, status="success")
-    row["format"] = EXTENSIONS.get(image.format or "", "png")
-    return row, payload
-
-
-def ingest_captions(table_path: str | Path, output_dir: str | Path, config: IngestConfig,
-                    progress: bool = True) -> pl.DataFrame:
-    """Validate every row of a captions table and write `shards/NNNNN.tar` and `manifest.parquet`.
-
-    Returns:
-        The manifest: one row per input row (uid, source, caption, width, height, sha256, shard, status, reason).
+    `dedupe_urls=False` for COCO, where several captions of one image share its URL by design.
     """
-    table = read_captions_table(table_path)
-    base = Path(table_path).parent
+    first_url = pl.col("url").is_first_distinct() | pl.col("url").is_null() | pl.lit(not dedupe_urls)
+    reason = (
+        pl.when(pl.col("source_error").is_not_null()).then(pl.col("source_error"))
+        .when(pl.col("caption").is_null()).then(pl.lit("caption_missing"))
+        .when(pl.col("caption").str.len_chars() > config.max_caption_chars).then(pl.lit("caption_too_long"))
+        .when(~first_url).then(pl.lit("duplicate_url"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    width = max(9, len(str(table.height)))
+    return table.with_columns(
+        uid=pl.int_range(pl.len()).cast(pl.String).str.zfill(width), source_error=reason
+    )
+
+
+def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, int, int]:
+    """Downscale to `max_side` (keeping the aspect ratio) and re-encode; returns (bytes, ext, width, height)."""
+    if max(image.size) > config.max_side:
+        image.thumbnail((config.max_side, config.max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if config.encode_format == "png":
+        if image.mode not in ("L", "RGB", "RGBA", "LA"):
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        image.save(buf, format="PNG")
+        ext = "png"
+    elif config.encode_format == "jpg":
+        image.convert("L" if image.mode in ("L", "LA", "1") else "RGB").save(buf, format="JPEG",
+                                                                              quality=config.jpeg_quality)
+        ext = "jpg"
+    else:
+        raise ValueError(f"ingest.encode_format must be jpg or png, not {config.encode_format!r}")
+    return buf.getvalue(), ext, image.width, image.height
+
+
+def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
+    """One row -> (manifest fields, (encoded bytes, extension) when it succeeded)."""
+    out = {"status": STATUS_INPUT, "error": row["source_error"]}
+    if row["source_error"] is None:
+        try:
+            payload = fetcher.fetch(row["url"])
+        except FetchError as err:
+            return {"status": STATUS_DOWNLOAD, "error": err.reason}, None
+        out["sha256"] = hashlib.sha256(payload).hexdigest()
+        try:
+            image = decode_image(payload, config.max_pixels)
+        except ValueError as err:
+            return {**out, "status": STATUS_DECODE, "error": str(err).split(":")[0]}, None
+        out.update(original_width=image.width, original_height=image.height, phash=str(imagehash.phash(image)))
+        encoded, ext, width, height = encode_image(image, config)
+        out.update(width=width, height=height, status="success", error=None)
+        return out, (encoded, ext)
+    return out, None
+
+
+def _init_worker(counter) -> None:
+    global _progress
+    _progress = counter
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestConfig, local_root: str | None) -> dict:
+    """Fetch, validate and write one shard: `NNNNN.tar` then `NNNNN.parquet` (both atomically)."""
+    out = Path(output_dir)
+    fetcher = Fetcher(FetchConfig(timeout=config.timeout, retries=config.retries, max_redirects=config.max_redirects,
+                                  max_bytes=config.max_bytes, user_agent=config.user_agent),
+                      Path(local_root) if local_root else None)
+    name = f"{index:05d}"
+    records = []
+    tmp_tar = out / f"{name}.tar.tmp"
+    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool, \
+            wds.TarWriter(str(tmp_tar), mtime=0) as writer:  # fixed mtime: identical input, identical bytes
+        for row, (fields, sample) in zip(rows, pool.map(lambda r: process_row(r, fetcher, config), rows), strict=True):
+            record = {k: v for k, v in row.items() if k != "source_error"}
+            record.update(fields, shard=f"{name}.tar" if sample else None)
+            if sample is not None:
+                payload, ext = sample
+                meta = {k: record.get(k) for k in ("uid", "url", "width", "height", "original_width",
+                                                   "original_height", "sha256")}
+                writer.write({"__key__": row["uid"], ext: payload, "txt": row["caption"], "json": meta})
+            records.append(record)
+            if _progress is not None:
+                with _progress.get_lock():
+                    _progress.value += 1
+    tmp_tar.rename(out / f"{name}.tar")
+    records = [{**dict.fromkeys(MANIFEST_SCHEMA), **r} for r in records]  # known columns first, extras after
+    manifest = pl.DataFrame(records, schema_overrides=MANIFEST_SCHEMA, infer_schema_length=None)
+    manifest.write_parquet(out / f"{name}.parquet.tmp")
+    (out / f"{name}.parquet.tmp").rename(out / f"{name}.parquet")
+    return {"shard": index, "rows": len(records)}
+
+
+def shard_is_complete(output_dir: Path, index: int) -> bool:
+    return (output_dir / f"{index:05d}.parquet").exists() and (output_dir / f"{index:05d}.tar").exists()
+
+
+def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
+           shard_range: tuple[int, int] | None = None) -> dict:
+    """Ingest `config.input` into `output_dir`; returns the stats also written to `_stats.json`.
+
+    Args:
+        shard_range: only shards `first..last` (inclusive), e.g. one Dagster partition; None does all.
+    """
     output_dir = Path(output_dir)
-    shard_dir = output_dir / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for old in shard_dir.glob("*.tar"):
-        old.unlink()
-    jobs = [
-        _Job(f"{i:09d}", str(base / p) if p is not None else "", c, config.max_pixels, config.max_caption_chars)
-        for i, (p, c) in enumerate(table.iter_rows())
-    ]
-    rows: list[dict] = []
-    writer, shard_index, in_shard = None, -1, 0
-    with ProcessPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        results = pool.map(inspect_row, jobs, chunksize=512)
-        for row, payload in tqdm(results, total=len(jobs), desc="ingest", unit="img", disable=not progress):
-            if payload is not None:
-                if writer is None or in_shard >= config.shard_size:
-                    if writer is not None:
-                        writer.close()
-                    shard_index, in_shard = shard_index + 1, 0
-                    # mtime fixed so identical input gives byte-identical shards
-                    writer = wds.TarWriter(str(shard_dir / f"{shard_index:05d}.tar"), mtime=0)
-                meta = {k: row[k] for k in ("uid", "source", "width", "height", "sha256")}
-                writer.write({"__key__": row["uid"], row.pop("format"): payload, "txt": row["caption"] or "",
-                              "json": meta})
-                row["shard"] = f"shards/{shard_index:05d}.tar"
-                in_shard += 1
-            rows.append(row)
-    if writer is not None:
-        writer.close()
-    manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
-    manifest.write_parquet(output_dir / "manifest.parquet")
-    (output_dir / "stats.json").write_text(json.dumps(ingest_stats(manifest), indent=2))
-    return manifest
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = read_source(config.input, config.input_format, config.url_col, config.caption_col, config.image_root)
+    fmt = detect_format(config.input) if config.input_format == "auto" else config.input_format
+    rows = prepare_rows(table, config, dedupe_urls=fmt != "coco")
+    # local files are fetched only from folders, tar shards, COCO, or tables that declare local paths
+    allow_local = config.local_paths or fmt not in TABLE_FORMATS
+    local_root = str(Path(config.input).resolve().parent) if allow_local else None
+    count = shard_count(rows.height, config.shard_size)
+    first, last = shard_range if shard_range else (0, count - 1)
+    todo = [i for i in range(first, min(last, count - 1) + 1) if not shard_is_complete(output_dir, i)]
+    counter = multiprocessing.get_context("spawn").Value("l", 0)
+    total = sum(min(config.shard_size, rows.height - i * config.shard_size) for i in todo)
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=f"ingest ({len(todo)} shards)", unit="img", disable=not progress)
+    with ProcessPoolExecutor(max_workers=max(1, min(config.processes, len(todo) or 1)),
+                             mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(counter,)) as pool:
+        futures = [pool.submit(write_shard, i, rows.slice(i * config.shard_size, config.shard_size).to_dicts(),
+                               str(output_dir), config, local_root) for i in todo]
+        while not all(f.done() for f in futures):
+            time.sleep(0.25)
+            bar.update(counter.value - bar.n)
+        for f in futures:
+            f.result()  # re-raise a worker's crash with its traceback
+        bar.update(counter.value - bar.n)
+    bar.close()
+    stats = ingest_stats(read_manifest(output_dir))
+    stats.update(shards=count, shards_written=len(todo), seconds=round(time.perf_counter() - start, 2))
+    (output_dir / "_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def shard_count(rows: int, shard_size: int) -> int:
+    return max(1, -(-rows // shard_size))
+
+
+def read_manifest(output_dir: str | Path) -> pl.DataFrame:
+    """All shard manifests of an ingest folder, in input order."""
+    files = sorted(Path(output_dir).glob("[0-9]*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no shard manifests in {output_dir}")
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed").sort("uid")
 
 
 def ingest_stats(manifest: pl.DataFrame) -> dict:
-    """Totals per status and per failure reason."""
-    by_reason = manifest.filter(pl.col("status") != "success").group_by("reason").len().sort("reason")
+    """Totals per status and per error reason."""
+    by_status = manifest.group_by("status").len().sort("status")
+    by_error = manifest.filter(pl.col("error").is_not_null()).group_by("error").len().sort("len", descending=True)
     return {
         "rows": manifest.height,
         "success": int((manifest["status"] == "success").sum()),
         "failed": int((manifest["status"] != "success").sum()),
-        "failed_by_reason": dict(zip(by_reason["reason"].to_list(), by_reason["len"].to_list(), strict=True)),
+        "by_status": dict(zip(by_status["status"].to_list(), by_status["len"].to_list(), strict=True)),
+        "by_error": dict(zip(by_error["error"].to_list(), by_error["len"].to_list(), strict=True)),
     }

@@ -2,7 +2,6 @@
 
 
 import dataclasses
-import json
 from pathlib import Path
 
 import mlflow
@@ -11,10 +10,11 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from clipcore.config import flatten
-from clipcore.filtering import filter_manifest, funnel
-from clipcore.ingest import ingest_captions, ingest_stats
+from clipcore.ingest import ingest, read_manifest
 from clipcore.pretrain import run_pretraining
+from clipcore.report import plot_funnel
 from pipelines.evaluate_stage import run_evaluation
+from pipelines.filter_stage import run_filter, sample_rows
 from pipelines.io import markdown_table
 from pipelines.report_stage import build_report
 from pipelines.resources import MLflowResource, PipelineResource
@@ -31,42 +31,44 @@ class StageConfig(Config):
 
 @asset(group_name=GROUP, kinds={"polars", "webdataset"})
 def caption_shards(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource) -> Output[dict]:
-    """Every row of the captions table decoded and validated; good rows in webdataset tar shards,
-    every row in manifest.parquet with its status and reason."""
+    """Every input row fetched (or read) and validated; good images resized into webdataset tar shards,
+    every row in its shard's parquet manifest with a status and an error reason."""
     cfg = pipeline.load_config(config.overrides)
     out = pipeline.stage_dir("caption_shards")
-    manifest = ingest_captions(cfg.ingest.captions, out, cfg.ingest)
-    stats = ingest_stats(manifest)
-    value = {"dir": str(out), "manifest": str(out / "manifest.parquet"), "stats": stats}
+    stats = ingest(cfg.ingest, out)
+    manifest = read_manifest(out)
+    value = {"dir": str(out), "stats": stats}
     return Output(value, metadata={
         "rows": stats["rows"], "success": stats["success"], "failed": stats["failed"],
-        "failed_by_reason": MetadataValue.json(stats["failed_by_reason"]),
-        "shards": len(list((out / "shards").glob("*.tar"))),
-        "preview": MetadataValue.md(markdown_table(manifest.drop("sha256"))),
+        "by_status": MetadataValue.json(stats["by_status"]), "by_error": MetadataValue.json(stats["by_error"]),
+        "shards": stats["shards"], "seconds": stats["seconds"],
+        "preview": MetadataValue.md(markdown_table(manifest.drop("sha256", "phash"))),
         "config": MetadataValue.json(dataclasses.asdict(cfg.ingest)),
     })
 
 
 @asset(group_name=GROUP, kinds={"polars"})
 def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
-                      caption_shards: dict) -> Output[dict]:
-    """DataComp basic filtering and exact image deduplication: kept.parquet and rejected.parquet (one reason each)."""
+                      mlflow_store: MLflowResource, caption_shards: dict) -> Output[dict]:
+    """Basic rules, language, exact/near duplicates and CLIP score: kept.parquet and rejected.parquet (one reason
+    per rejected row)."""
     cfg = pipeline.load_config(config.overrides)
     out = pipeline.stage_dir("filtered_captions")
-    manifest = pl.read_parquet(caption_shards["manifest"])
-    kept, rejected = filter_manifest(manifest, cfg.filter)
-    kept.write_parquet(out / "kept.parquet")
-    rejected.write_parquet(out / "rejected.parquet")
-    counts = funnel(manifest, kept, rejected)
-    (out / "funnel.json").write_text(json.dumps(counts, indent=2))
+    if cfg.filter.clip_score.enabled:
+        mlflow_store.setup(cfg.registry.experiment)
+    counts = run_filter(caption_shards["dir"], cfg.filter, out)
+    kept_rows, rejected_rows = sample_rows(pl.read_parquet(out / "kept.parquet"),
+                                           pl.read_parquet(out / "rejected.parquet"))
+    funnel_table = pl.DataFrame({"stage": ["rows in", "kept", *counts["rejected_by_reason"]],
+                                 "rows": [counts["rows_in"], counts["kept"], *counts["rejected_by_reason"].values()]})
     value = {"dir": str(out), "kept": str(out / "kept.parquet"), "rejected": str(out / "rejected.parquet"),
              "shard_root": caption_shards["dir"], "funnel": counts}
     return Output(value, metadata={
         "rows_in": counts["rows_in"], "kept": counts["kept"], "rejected": counts["rejected"],
         "rejected_by_reason": MetadataValue.json(counts["rejected_by_reason"]),
-        "rejected_sample": MetadataValue.md(markdown_table(
-            rejected.group_by("filter_reason").head(2).select("uid", "caption", "filter_reason"))),
-        "kept_sample": MetadataValue.md(markdown_table(kept.select("uid", "caption", "width", "height"))),
+        "funnel": MetadataValue.md(f"![funnel]({plot_funnel(counts)})\n\n{markdown_table(funnel_table, 20)}"),
+        "rejected_sample": MetadataValue.md(markdown_table(rejected_rows, 30)),
+        "kept_sample": MetadataValue.md(markdown_table(kept_rows)),
         "config": MetadataValue.json(dataclasses.asdict(cfg.filter)),
     })
 

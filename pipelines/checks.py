@@ -8,7 +8,8 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 
-from clipcore.ingest import read_captions_table
+from clipcore.ingest import read_manifest
+from clipcore.sources import read_source
 from pipelines.assets import caption_shards, clip_model, evaluation, filtered_captions, report
 from pipelines.resources import PipelineResource
 
@@ -18,8 +19,9 @@ METRIC_KEYS = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_rec
 
 @asset_check(asset=caption_shards, blocking=True, description="One manifest row per input row, unique uids.")
 def ingest_accounts_for_every_row(pipeline: PipelineResource, caption_shards: dict) -> AssetCheckResult:
-    manifest = pl.read_parquet(caption_shards["manifest"])
-    table_rows = read_captions_table(pipeline.load_config().ingest.captions).height
+    cfg = pipeline.load_config().ingest
+    manifest = read_manifest(caption_shards["dir"])
+    table_rows = read_source(cfg.input, cfg.input_format, cfg.url_col, cfg.caption_col, cfg.image_root).height
     unique = manifest["uid"].n_unique()
     passed = manifest.height == table_rows == unique
     return AssetCheckResult(passed=passed, metadata={"input_rows": table_rows, "manifest_rows": manifest.height,
@@ -29,7 +31,7 @@ def ingest_accounts_for_every_row(pipeline: PipelineResource, caption_shards: di
 @asset_check(asset=filtered_captions, blocking=True, additional_ins={"caption_shards": AssetIn("caption_shards")},
              description="kept + rejected == input, no row in both, every rejected row has a reason.")
 def filter_counts_reconcile(caption_shards: dict, filtered_captions: dict) -> AssetCheckResult:
-    rows_in = pl.read_parquet(caption_shards["manifest"], columns=["uid"])["uid"]
+    rows_in = read_manifest(caption_shards["dir"])["uid"]
     kept = pl.read_parquet(filtered_captions["kept"], columns=["uid"])["uid"]
     rejected = pl.read_parquet(filtered_captions["rejected"], columns=["uid", "filter_reason"])
     overlap = kept.is_in(rejected["uid"].implode()).sum()

@@ -7,6 +7,8 @@ and one run history (DAGSTER_HOME, default ./.dagster).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ STAGES = {
     "report": "report",
 }
 STAGE_HELP = {
-    "ingest": "decode and validate the captions table; write webdataset shards and a manifest",
+    "ingest": "fetch and validate every input row; write webdataset shards, manifests and _stats.json",
     "filter": "apply DataComp basic rules and deduplication; write kept and rejected manifests",
     "pretrain": "train a CLIP model on the kept rows; log and register it in MLflow",
     "evaluate": "zero-shot classification and retrieval; write outputs/metrics.json",
@@ -60,6 +62,50 @@ def build_data(params: str, overrides: list[str]) -> None:
 
     counts = build_caption_dataset(load_params(params, overrides).data)
     print("caption dataset:", ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's names where it has them
+    "url_list": ("input", str, "input: URL list (parquet/csv/tsv/jsonl[.gz]), image folder, tar shard(s), COCO JSON"),
+    "input_format": ("input_format", str, "auto, parquet, csv, tsv, jsonl, folder, webdataset or coco"),
+    "url_col": ("url_col", str, "URL column of a URL list"),
+    "caption_col": ("caption_col", str, "caption column of a URL list"),
+    "shard_size": ("shard_size", int, "input rows per output shard"),
+    "processes": ("processes", int, "worker processes (one shard each at a time)"),
+    "threads": ("threads", int, "download threads per process"),
+    "max_side": ("max_side", int, "downscale images whose longer side exceeds this, keeping the aspect ratio"),
+    "timeout": ("timeout", float, "seconds per connect and per read"),
+    "retries": ("retries", int, "retries with backoff on 5xx, timeouts and resets (never on 4xx)"),
+}
+
+
+def standalone_ingest(args: argparse.Namespace) -> None:
+    """img2dataset-style run: params.yaml's ingest section, flags on top, straight into --output-dir."""
+    from clipcore.config import load_params
+    from clipcore.ingest import ingest
+
+    config = load_params(args.params, args.overrides).ingest
+    changes = {field: getattr(args, flag) for flag, (field, _, _) in INGEST_FLAGS.items()
+               if getattr(args, flag) is not None}
+    if "input" in changes and "url_col" not in changes:
+        changes.update(url_col="url", local_paths=False)  # a URL list: params.yaml's local-table settings don't apply
+    config = dataclasses.replace(config, **changes)
+    stats = ingest(config, args.output_dir)
+    print(json.dumps(stats, indent=2))
+
+
+def standalone_filter(args: argparse.Namespace) -> None:
+    """Filter an ingest folder into --output-dir with params.yaml's filter section."""
+    from clipcore.config import load_params
+    from pipelines.filter_stage import run_filter
+
+    config = load_params(args.params, args.overrides)
+    if config.filter.clip_score.enabled:
+        from pipelines.tracking import configure_mlflow
+
+        configure_mlflow(None, "mlruns/artifacts", config.registry.experiment)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(run_filter(args.input_dir, config.filter, out), indent=2))
 
 
 def predict(model_uri: str, labels: str | None, images: list[str]) -> None:
@@ -114,8 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_params(sub.add_parser("data", help="build the default Fashion-MNIST caption dataset under data/"))
-    for stage, text in STAGE_HELP.items():
-        with_params(sub.add_parser(stage, help=text, description=text))
+    stages = {name: with_params(sub.add_parser(name, help=text, description=text)) for name, text in STAGE_HELP.items()}
+    ingest = stages["ingest"]
+    ingest.add_argument("--output-dir", help="run standalone into this folder (img2dataset-style) instead of "
+                        "materializing the Dagster asset; the flags below override params.yaml's ingest section")
+    for flag, (_, kind, text) in INGEST_FLAGS.items():
+        ingest.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+    stages["filter"].add_argument("--input-dir", help="an ingest output folder (standalone run; needs --output-dir)")
+    stages["filter"].add_argument("--output-dir", help="where kept.parquet, rejected.parquet and funnel.json go")
     with_params(sub.add_parser("run", help="materialize all five stages in order"))
     p = sub.add_parser("predict", help="classify image files with a registered model")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
@@ -130,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "data":
         build_data(args.params, args.overrides)
+    elif args.command == "ingest" and args.output_dir:
+        standalone_ingest(args)
+    elif args.command == "filter" and (args.input_dir or args.output_dir):
+        if not (args.input_dir and args.output_dir):
+            raise SystemExit("clip-pipeline filter: --input-dir and --output-dir go together")
+        standalone_filter(args)
     elif args.command in STAGES:
         materialize_assets([STAGES[args.command]], args.params, args.overrides)
     elif args.command == "run":

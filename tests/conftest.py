@@ -28,8 +28,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 TINY_PARAMS = """
 model: {{vision_width: 32, vision_heads: 2, text_width: 32, text_heads: 2, embed_dim: 32, vocab_size: 400}}
-ingest: {{captions: {data}/captions.csv, shard_size: 500, workers: 1}}
-train: {{epochs: 2, batch_size: 64, holdout_size: 100, warmup_steps: 5, log_every: 2}}
+ingest: {{input: {data}/captions.csv, url_col: path, local_paths: true, encode_format: png, shard_size: 500,
+         processes: 1, threads: 2}}
+train: {{epochs: 8, batch_size: 64, lr: 0.003, holdout_size: 100, warmup_steps: 10, log_every: 2}}
 eval: {{test_images: {data}/test/t10k-images-idx3-ubyte.gz, test_labels: {data}/test/t10k-labels-idx1-ubyte.gz,
         max_test_images: 300}}
 """

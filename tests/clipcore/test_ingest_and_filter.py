@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipcore.config import FilterConfig, IngestConfig
 from clipcore.filtering import filter_manifest, funnel
-from clipcore.ingest import ingest_captions, read_captions_table
+from clipcore.ingest import ingest, read_manifest
 from clipcore.shards import load_samples
 
 
@@ -41,35 +41,38 @@ def table(tmp_path):
     return tmp_path / "captions.csv"
 
 
+def local_config(table, **kw):
+    return IngestConfig(input=str(table), url_col="path", local_paths=True, encode_format="png", processes=1,
+                        threads=2, **kw)
+
+
 def test_ingest_records_every_row_with_a_reason(table, tmp_path):
     out = tmp_path / "out"
-    manifest = ingest_captions(table, out, IngestConfig(shard_size=2, workers=1, max_caption_chars=1000),
-                               progress=False)
+    ingest(local_config(table, shard_size=4, max_caption_chars=1000), out, progress=False)
+    manifest = read_manifest(out)
     assert manifest.height == 12 and manifest["uid"].n_unique() == 12
-    reasons = dict(zip(manifest["source"].str.split("/").list.last(), manifest["reason"], strict=True))
-    assert reasons["empty.png"] == "empty_file"
-    assert reasons["html.png"] == "undecodable_image"
-    assert reasons["truncated.png"] == "undecodable_image"
-    assert reasons["missing.png"].startswith("unreadable_file")
-    assert manifest.row(9, named=True)["reason"].startswith("caption_too_long")
+    reasons = manifest["error"].to_list()
+    assert reasons[5] == "empty_file" and reasons[6] == "undecodable_image" and reasons[7] == "undecodable_image"
+    assert reasons[8] == "file_not_found"
+    assert reasons[9] == "caption_too_long" and reasons[10] == "duplicate_url" and reasons[11] == "caption_missing"
     success = manifest.filter(pl.col("status") == "success")
-    assert success.height == 7
-    stats = json.loads((out / "stats.json").read_text())
-    assert stats["success"] + stats["failed"] == 12 and sum(stats["failed_by_reason"].values()) == 5
+    assert success.height == 5
+    stats = json.loads((out / "_stats.json").read_text())
+    assert stats["success"] + stats["failed"] == 12 and sum(stats["by_error"].values()) == 7
     # shards hold exactly the successful rows, in webdataset layout, 2 per shard
     members = []
-    for shard in sorted((out / "shards").glob("*.tar")):
+    for shard in sorted(out.glob("*.tar")):
         with tarfile.open(shard) as tar:
             members += tar.getnames()
-    assert len(members) == 7 * 3 and "000000000.png" in members and "000000000.json" in members
-    uids, images, captions = load_samples(sorted((out / "shards").glob("*.tar")), success["uid"].to_list(), 28, 1,
-                                          progress=False)
-    assert images.shape == (7, 1, 28, 28) and captions[0] == "a photo of a coat"
+    assert len(members) == 5 * 3 and "000000000.png" in members and "000000000.json" in members
+    uids, images, captions = load_samples(sorted(out.glob("*.tar")), success["uid"].to_list(), 28, 1, progress=False)
+    assert images.shape == (5, 1, 28, 28) and captions[0] == "a photo of a coat"
     assert int(images[0].float().mean()) == 10  # pixels survive the round trip
 
 
 def test_filter_reasons_and_reconciliation(table, tmp_path):
-    manifest = ingest_captions(table, tmp_path / "out", IngestConfig(workers=1), progress=False)
+    ingest(local_config(table), tmp_path / "out", progress=False)
+    manifest = read_manifest(tmp_path / "out")
     kept, rejected = filter_manifest(manifest, FilterConfig(min_side=16, max_aspect_ratio=3.0))
     reason = dict(zip(rejected["uid"], rejected["filter_reason"], strict=True))
     assert kept["uid"].to_list() == ["000000000"]  # the only clean row
@@ -78,28 +81,66 @@ def test_filter_reasons_and_reconciliation(table, tmp_path):
     assert reason["000000003"] == "image_too_small"
     assert reason["000000004"] == "aspect_ratio_too_large"
     assert reason["000000005"] == "ingest_failed:empty_file"
-    assert reason["000000010"] == "caption_too_few_words"  # "a b"
-    assert reason["000000011"] == "caption_too_few_words"  # null caption
+    assert reason["000000010"] == "ingest_failed:duplicate_url"
+    assert reason["000000011"] == "ingest_failed:caption_missing"
     counts = funnel(manifest, kept, rejected)
     assert counts["kept"] + counts["rejected"] == counts["rows_in"] == 12
     assert sum(counts["rejected_by_reason"].values()) == counts["rejected"]
 
 
 def test_caption_too_short_and_dedupe_off():
-    manifest = pl.DataFrame({
-        "uid": ["a", "b", "c"], "caption": ["a b cd", "a photo of it", "a photo of it"], "width": [28] * 3,
-        "height": [28] * 3, "sha256": ["h1", "h2", "h2"], "status": ["success"] * 3, "reason": [None] * 3,
-    })
-    kept, rejected = filter_manifest(manifest, FilterConfig(min_chars=7, dedupe_images=False))
+    manifest = synthetic_manifest(["a b cd", "a photo of it", "a photo of it"], ["h1", "h2", "h2"])
+    kept, rejected = filter_manifest(manifest, FilterConfig(min_chars=7, dedupe_images=False, languages=()))
     assert rejected["filter_reason"].to_list() == ["caption_too_short"] and kept.height == 2
+    kept, rejected = filter_manifest(manifest, FilterConfig(dedupe_images=False, dedupe_captions=True, languages=()))
+    assert rejected["filter_reason"].to_list() == ["duplicate_caption"] and rejected["uid"].to_list() == ["2"]
 
 
-def test_bad_tables_fail_before_any_work(tmp_path):
-    (tmp_path / "t.csv").write_text("file,text\na.png,hello\n")
-    with pytest.raises(ValueError, match=r"t.csv: missing column\(s\) \['path', 'caption'\]"):
-        read_captions_table(tmp_path / "t.csv")
-    (tmp_path / "t.xlsx").write_text("")
-    with pytest.raises(ValueError, match="unknown format"):
-        read_captions_table(tmp_path / "t.xlsx")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_captions_table(tmp_path / "nope.csv")
+def synthetic_manifest(captions, sha, phash=None):
+    n = len(captions)
+    return pl.DataFrame({
+        "uid": [str(i) for i in range(n)], "caption": captions, "width": [28] * n, "height": [28] * n,
+        "original_width": [28] * n, "original_height": [28] * n, "sha256": sha, "phash": phash or ["0" * 16] * n,
+        "status": ["success"] * n, "error": [None] * n,
+    })
+
+
+def test_language_filter_keeps_english_only():
+    captions = ["a photo of a red winter coat", "una camiseta negra de algodón", "ein schwarzer Mantel für den Winter",
+                "cheap sneakers with free shipping"]
+    manifest = synthetic_manifest(captions, ["a", "b", "c", "d"])
+    kept, rejected = filter_manifest(manifest, FilterConfig(languages=("en",)))
+    assert kept["uid"].to_list() == ["0", "3"]
+    assert rejected["filter_reason"].to_list() == ["language_not_allowed"] * 2
+    kept, _ = filter_manifest(manifest, FilterConfig(languages=("en", "es")))
+    assert kept["uid"].to_list() == ["0", "1", "3"]
+
+
+def test_near_duplicates_by_hamming_distance():
+    # hashes: base, 2 bits off base, 5 bits off base, 2 bits off the 5-bit one (its own group)
+    base = 0x0F0F_0000_FFFF_1234
+    hashes = [base, base ^ 0b11, base ^ (0b11111 << 40), base ^ (0b11111 << 40) ^ (0b11 << 2)]
+    manifest = synthetic_manifest([f"a photo number {i}" for i in range(4)], list("abcd"),
+                                  [f"{h:016x}" for h in hashes])
+    kept, rejected = filter_manifest(manifest, FilterConfig(near_duplicate_bits=3, languages=()))
+    assert kept["uid"].to_list() == ["0", "2"]
+    assert rejected["filter_reason"].to_list() == ["near_duplicate_image"] * 2
+    # brute force agrees: a row is a near duplicate iff some earlier kept row is within 3 bits
+    kept_hashes = []
+    for h in hashes:
+        if not any(bin(h ^ k).count("1") <= 3 for k in kept_hashes):
+            kept_hashes.append(h)
+    assert [f"{h:016x}" for h in kept_hashes] == kept["phash"].to_list()
+
+
+def test_clip_score_filter_by_threshold_and_fraction():
+    from clipcore.config import ClipScoreConfig
+    from clipcore.filtering import apply_clip_score
+
+    kept = synthetic_manifest([f"caption number {i}" for i in range(4)], list("abcd"))
+    rejected = kept.head(0).with_columns(filter_reason=pl.lit(None, pl.String))
+    scores = np.array([0.1, 0.5, 0.3, 0.9])
+    k, r, cut = apply_clip_score(kept, rejected, scores, ClipScoreConfig(threshold=0.3))
+    assert k["uid"].to_list() == ["1", "2", "3"] and r["filter_reason"].to_list() == ["clip_score_low"] and cut == 0.3
+    k, r, _ = apply_clip_score(kept, rejected, scores, ClipScoreConfig(top_fraction=0.5))
+    assert k["uid"].to_list() == ["1", "3"] and r["uid"].to_list() == ["0", "2"]

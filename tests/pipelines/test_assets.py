@@ -81,8 +81,10 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     assert served["embedding_norms_ok"] and served["text_dim"] == served["image_dim"]
     assert served["top1"] == pytest.approx(metrics["zero_shot_top1"], abs=0.01)
 
-    # A worse candidate is refused: the champion stays, and the decision is recorded on the version.
-    result = run(env, ["clip_model", "evaluation", "report"], overrides=["train.epochs=0.05", "train.lr=1e-6"])
+    # A worse candidate (a few steps at a tiny learning rate: near chance, while the champion is far above it)
+    # is refused: the champion stays, and the decision is recorded on the version.
+    assert metrics["zero_shot_top1"] > 0.3
+    result = run(env, ["clip_model", "evaluation", "report"], overrides=["train.epochs=0.1", "train.lr=1e-6"])
     decision = result.asset_materializations_for_node("report")[0].metadata
     assert decision["promoted"].value is False and "does not beat" in decision["decision"].value
     assert str(client.get_model_version_by_alias("clip", "champion").version) == "1"

@@ -1,0 +1,155 @@
+"""Caption sources, img2dataset-compatible: URL lists (parquet, csv, tsv, jsonl, plain or gzipped), local
+image folders with sidecar `.txt` captions, webdataset tar shards and COCO-style captions JSON.
+
+Every reader returns the same table: `url` (an http(s) URL, a local path, or `<shard>.tar#<member>`),
+`caption`, `source_error` (a reason when the row is unusable before any fetch) and the input's extra
+columns. Structural problems (missing file or column, unknown format) raise before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import polars as pl
+
+TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
+FORMATS = (*TABLE_FORMATS, "folder", "webdataset", "coco")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+REPLACEMENT = "\ufffd"  # what a lossy UTF-8 decode puts where bytes were not UTF-8
+
+
+def detect_format(path: str | Path) -> str:
+    """The input format implied by a path: a folder, `*.tar`, `*.json` (COCO) or a table suffix (`.gz` allowed)."""
+    path = Path(path)
+    if path.is_dir():
+        return "webdataset" if any(path.glob("*.tar")) else "folder"
+    suffixes = [s.lstrip(".") for s in path.suffixes if s != ".gz"]
+    name = suffixes[-1] if suffixes else ""
+    if name in TABLE_FORMATS:
+        return name
+    if name == "tar":
+        return "webdataset"
+    if name == "json":
+        return "coco"
+    raise ValueError(f"{path}: cannot tell the input format from the name; pass one of {FORMATS}")
+
+
+def _read_table(path: Path, fmt: str) -> pl.DataFrame:
+    if fmt == "parquet":
+        return pl.read_parquet(path)
+    if fmt == "jsonl":
+        return pl.read_ndjson(path, infer_schema_length=None)
+    # csv/tsv: decode lossily, so one row with bad bytes becomes a recorded reason, not a crash
+    return pl.read_csv(path, separator="\t" if fmt == "tsv" else ",", encoding="utf8-lossy", infer_schema=False,
+                       quote_char=None if fmt == "tsv" else '"')
+
+
+def read_url_list(path: str | Path, fmt: str, url_col: str, caption_col: str) -> pl.DataFrame:
+    """A URL list: every column kept; `url_col` and `caption_col` renamed to `url` and `caption`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    table = _read_table(path, fmt)
+    for column, role in ((url_col, "url"), (caption_col, "caption")):
+        if column not in table.columns:
+            raise ValueError(f"{path}: no {role} column {column!r} (--{role}-col); columns are {table.columns}")
+    table = table.rename({url_col: "url", caption_col: "caption"}).with_columns(
+        pl.col("url").cast(pl.String), pl.col("caption").cast(pl.String)
+    )
+    not_utf8 = pl.col("caption").str.contains(REPLACEMENT, literal=True).fill_null(False)
+    return table.with_columns(
+        source_error=pl.when(not_utf8).then(pl.lit("caption_not_utf8")).otherwise(pl.lit(None, pl.String)),
+        caption=pl.when(not_utf8).then(pl.lit(None, pl.String)).otherwise(pl.col("caption")),
+    )
+
+
+def read_folder(path: str | Path) -> pl.DataFrame:
+    """Images under `path` (recursively) with the caption in a sidecar `<stem>.txt` (null when missing)."""
+    rows = []
+    for image in sorted(p for p in Path(path).resolve().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        sidecar = image.with_suffix(".txt")
+        caption, error = None, None
+        if sidecar.exists():
+            try:
+                caption = sidecar.read_bytes().decode("utf-8").strip()
+            except UnicodeDecodeError:
+                error = "caption_not_utf8"
+        rows.append({"url": str(image), "caption": caption, "source_error": error})
+    return pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String})
+
+
+def unsafe_member(name: str) -> bool:
+    """A tar member path that could escape an extraction folder: absolute, or with a `..` part."""
+    pure = PurePosixPath(name)
+    return pure.is_absolute() or name.startswith("\\") or ".." in pure.parts
+
+
+def read_webdataset(paths: list[Path]) -> pl.DataFrame:
+    """One row per sample (`key.jpg|png|webp...` + `key.txt`) in open_clip's tar layout."""
+    rows = []
+    for shard in paths:
+        samples: dict[str, dict] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                if unsafe_member(member.name):
+                    rows.append({"url": f"{shard}#{member.name}", "caption": None, "source_error": "unsafe_tar_member"})
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                sample = samples.setdefault(key, {})
+                if f".{ext.lower()}" in IMAGE_SUFFIXES:
+                    sample["image"] = member.name
+                elif ext == "txt":
+                    try:
+                        sample["caption"] = tar.extractfile(member).read().decode("utf-8").strip()
+                    except UnicodeDecodeError:
+                        sample["caption_error"] = "caption_not_utf8"
+        for key, sample in samples.items():
+            if "image" not in sample:
+                rows.append({"url": f"{shard}#{key}", "caption": sample.get("caption"), "source_error": "no_image"})
+                continue
+            rows.append({"url": f"{shard}#{sample['image']}", "caption": sample.get("caption"),
+                         "source_error": sample.get("caption_error")})
+    return pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String})
+
+
+def read_coco(path: str | Path, image_root: str | Path | None = None) -> pl.DataFrame:
+    """COCO captions JSON: one row per annotation; images resolve under `image_root` (default: the JSON's folder),
+    or to `coco_url` when the file is not there."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    for key in ("images", "annotations"):
+        if key not in data:
+            raise ValueError(f"{path}: not COCO captions JSON (no {key!r} list)")
+    root = (Path(image_root) if image_root else path.parent).resolve()
+    images = {}
+    for image in data["images"]:
+        local = root / image["file_name"]
+        images[image["id"]] = str(local) if local.exists() or "coco_url" not in image else image["coco_url"]
+    rows = [{"url": images.get(a["image_id"]), "caption": a.get("caption"),
+             "source_error": None if a["image_id"] in images else "unknown_image_id", "image_id": a["image_id"]}
+            for a in data["annotations"]]
+    return pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String,
+                                      "image_id": pl.Int64})
+
+
+def read_source(path: str | Path, fmt: str = "auto", url_col: str = "url", caption_col: str = "caption",
+                image_root: str | None = None) -> pl.DataFrame:
+    """Read any supported input into the common table (url, caption, source_error, extra columns)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt in TABLE_FORMATS:
+        return read_url_list(path, fmt, url_col, caption_col)
+    if fmt == "folder":
+        return read_folder(path)
+    if fmt == "webdataset":
+        shards = sorted(path.resolve().glob("*.tar")) if path.is_dir() else [path.resolve()]
+        return read_webdataset(shards)
+    if fmt == "coco":
+        return read_coco(path, image_root)
+    raise ValueError(f"{path}: unknown input format {fmt!r}; choose one of {FORMATS} or auto")
