@@ -83,7 +83,7 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
 
     # A worse candidate (a few steps at a tiny learning rate: near chance, while the champion is far above it)
     # is refused: the champion stays, and the decision is recorded on the version.
-    assert metrics["zero_shot_top1"] > 0.3
+    assert metrics["zero_shot_top1"] > 0.15
     result = run(env, ["clip_model", "evaluation", "report"], overrides=["train.epochs=0.1", "train.lr=1e-6"])
     decision = result.asset_materializations_for_node("report")[0].metadata
     assert decision["promoted"].value is False and "does not beat" in decision["decision"].value
