@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:  # torch and torchvision load lazily: ingestion workers decode with PIL alone
+    import torch
+    from torchvision.transforms import v2
 
 MEAN, STD = 0.5, 0.5  # maps [0, 1] pixels to [-1, 1]
 
@@ -32,12 +35,17 @@ def decode_image(payload: bytes, max_pixels: int) -> Image.Image:
 
 def build_resize(image_size: int, channels: int) -> v2.Compose:
     """PIL image -> (C, S, S) uint8 tensor: channel mode, shorter side resized to S, center crop."""
+    from torchvision.transforms import v2
+
     mode = v2.Grayscale(num_output_channels=1) if channels == 1 else v2.RGB()
     return v2.Compose([v2.ToImage(), mode, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
 
 
 def build_preprocess(image_size: int, channels: int) -> v2.Compose:
     """PIL image -> the model's (C, S, S) float input (`build_resize`, then scaled and normalized)."""
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             build_resize(image_size, channels),

@@ -13,13 +13,13 @@ import io
 import json
 import multiprocessing
 import os
+import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import imagehash
 import polars as pl
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -75,6 +75,26 @@ def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, 
     return buf.getvalue(), ext, image.width, image.height
 
 
+class ShardWriter:
+    """webdataset's tar layout (`key.ext` members, a sample's files adjacent), written with the standard library so
+    ingestion workers need no torch. Fixed mtime and owner: identical input gives byte-identical shards."""
+
+    def __init__(self, path: Path):
+        self.tar = tarfile.open(path, "w")  # noqa: SIM115 (closed in __exit__)
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        for ext, payload in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(payload), 0o444, 0
+            self.tar.addfile(info, io.BytesIO(payload))
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.tar.close()
+
+
 def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
     """One row -> (manifest fields, (encoded bytes, extension) when it succeeded)."""
     out = {"status": STATUS_INPUT, "error": row["source_error"]}
@@ -110,8 +130,7 @@ def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestCon
     name = f"{index:05d}"
     records = []
     tmp_tar = out / f"{name}.tar.tmp"
-    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool, \
-            wds.TarWriter(str(tmp_tar), mtime=0) as writer:  # fixed mtime: identical input, identical bytes
+    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool, ShardWriter(tmp_tar) as writer:
         for row, (fields, sample) in zip(rows, pool.map(lambda r: process_row(r, fetcher, config), rows), strict=True):
             record = {k: v for k, v in row.items() if k != "source_error"}
             record.update(fields, shard=f"{name}.tar" if sample else None)
@@ -119,7 +138,8 @@ def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestCon
                 payload, ext = sample
                 meta = {k: record.get(k) for k in ("uid", "url", "width", "height", "original_width",
                                                    "original_height", "sha256")}
-                writer.write({"__key__": row["uid"], ext: payload, "txt": row["caption"], "json": meta})
+                files = {ext: payload, "txt": row["caption"].encode(), "json": json.dumps(meta).encode()}
+                writer.write(row["uid"], files)
             records.append(record)
             if _progress is not None:
                 with _progress.get_lock():
