@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlflow
 import polars as pl
-from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from clipcore.config import flatten
@@ -16,6 +16,7 @@ from clipcore.report import plot_funnel
 from pipelines.evaluate_stage import run_evaluation
 from pipelines.filter_stage import run_filter, sample_rows
 from pipelines.io import markdown_table
+from pipelines.partitions import ingest_shards
 from pipelines.report_stage import build_report
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import log_and_register
@@ -29,19 +30,22 @@ class StageConfig(Config):
     overrides: list[str] = Field(default=[], description="`section.key=value` items, e.g. `train.epochs=1`")
 
 
-@asset(group_name=GROUP, kinds={"polars", "webdataset"})
+@asset(group_name=GROUP, kinds={"polars", "webdataset"}, partitions_def=ingest_shards,
+       backfill_policy=BackfillPolicy.single_run())
 def caption_shards(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource) -> Output[dict]:
     """Every input row fetched (or read) and validated; good images resized into webdataset tar shards,
-    every row in its shard's parquet manifest with a status and an error reason."""
+    every row in its shard's parquet manifest with a status and an error reason. One partition per shard;
+    a backfill of many partitions runs as one run with `ingest.processes` workers."""
     cfg = pipeline.load_config(config.overrides)
     out = pipeline.stage_dir("caption_shards")
-    stats = ingest(cfg.ingest, out)
+    shards = sorted(int(k) for k in context.partition_keys)
+    stats = ingest(cfg.ingest, out, shard_range=(shards[0], shards[-1]))
     manifest = read_manifest(out)
     value = {"dir": str(out), "stats": stats}
     return Output(value, metadata={
         "rows": stats["rows"], "success": stats["success"], "failed": stats["failed"],
         "by_status": MetadataValue.json(stats["by_status"]), "by_error": MetadataValue.json(stats["by_error"]),
-        "shards": stats["shards"], "seconds": stats["seconds"],
+        "shards": stats["shards"], "shards_written": stats["shards_written"], "seconds": stats["seconds"],
         "preview": MetadataValue.md(markdown_table(manifest.drop("sha256", "phash"))),
         "config": MetadataValue.json(dataclasses.asdict(cfg.ingest)),
     })

@@ -39,20 +39,17 @@ def _dagster_home() -> None:
 def materialize_assets(asset_names: list[str], params: str, overrides: list[str]) -> None:
     """Materialize the named assets (and their checks) into the persistent Dagster instance."""
     _dagster_home()
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance
 
-    from pipelines.assets import ASSETS
-    from pipelines.checks import CHECKS
-    from pipelines.definitions import build_resources
+    from pipelines.definitions import build_resources, materialize_stages
 
-    run_config = {"ops": {name: {"config": {"overrides": overrides}} for name in asset_names},
-                  "loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    result = materialize([*ASSETS, *CHECKS], selection=asset_names, instance=DagsterInstance.get(),
-                         resources=build_resources(params_path=params), run_config=run_config)
-    failed = [e.asset_check_evaluation_data for e in result.get_asset_check_evaluations() if not e.passed]
-    for check in failed:
-        print(f"check failed: {check.asset_key.to_user_string()} / {check.check_name}", file=sys.stderr)
-    print(f"dagster run {result.run_id}: materialized {', '.join(asset_names)}")
+    results = materialize_stages(asset_names, build_resources(params_path=params), DagsterInstance.get(), overrides)
+    for result in results:
+        for check in result.get_asset_check_evaluations():
+            if not check.passed:
+                print(f"check failed: {check.asset_key.to_user_string()} / {check.check_name}", file=sys.stderr)
+        print(f"dagster run {result.run_id}: materialized "
+              f"{', '.join(sorted({m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}))}")
 
 
 def build_data(params: str, overrides: list[str]) -> None:

@@ -7,6 +7,7 @@ from dagster import Definitions, define_asset_job
 from pipelines.assets import ASSETS
 from pipelines.checks import CHECKS
 from pipelines.io import JsonIOManager
+from pipelines.partitions import ingest_shard_sensor
 from pipelines.resources import MLflowResource, PipelineResource
 
 
@@ -20,6 +21,36 @@ def build_resources(params_path: str = "params.yaml", outputs_dir: str = "output
     }
 
 
-clip_pipeline_job = define_asset_job("clip_pipeline", description="Ingest, filter, pretrain, evaluate, report.")
+training_job = define_asset_job(
+    "train_and_report", selection=["filtered_captions", "clip_model", "evaluation", "report"],
+    description="Filter, pretrain, evaluate, report (after the ingest partitions).",
+)
 
-defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[clip_pipeline_job], resources=build_resources())
+defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[training_job], sensors=[ingest_shard_sensor],
+                   resources=build_resources())
+
+
+def materialize_stages(asset_names: list[str], resources: dict, instance, overrides: list[str],
+                       log_level: str = "INFO") -> list:
+    """Materialize assets in graph order: the partitioned ingest asset as one run over all its shard partitions
+    (registering them first), then the others in one run. Returns the Dagster results."""
+    from dagster import materialize
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from pipelines.partitions import register_shards
+
+    def run(names: list[str], tags: dict | None = None):
+        run_config = {"ops": {n: {"config": {"overrides": overrides}} for n in names},
+                      "loggers": {"console": {"config": {"log_level": log_level}}}}
+        return materialize([*ASSETS, *CHECKS], selection=names, instance=instance, resources=resources,
+                           run_config=run_config, tags=tags)
+
+    results = []
+    if "caption_shards" in asset_names:
+        keys = register_shards(instance, resources["pipeline"].load_config(overrides).ingest)
+        results.append(run(["caption_shards"], {ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                                                ASSET_PARTITION_RANGE_END_TAG: keys[-1]}))
+    rest = [n for n in asset_names if n != "caption_shards"]
+    if rest:
+        results.append(run(rest))
+    return results

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 from mlflow import MlflowClient
 
 from pipelines.assets import ASSETS
-from pipelines.checks import CHECKS
-from pipelines.definitions import build_resources, defs
+from pipelines.definitions import build_resources, defs, materialize_stages
 
 
 @pytest.fixture
@@ -25,10 +24,22 @@ def env(tmp_path, tiny_params, monkeypatch):
             "instance": DagsterInstance.ephemeral()}
 
 
+class Results:
+    """The runs of one `materialize_stages` call, read as one."""
+
+    def __init__(self, results):
+        self.results = results
+        self.success = all(r.success for r in results)
+
+    def asset_materializations_for_node(self, name):
+        return [m for r in self.results for m in r.asset_materializations_for_node(name)]
+
+    def get_asset_check_evaluations(self):
+        return [e for r in self.results for e in r.get_asset_check_evaluations()]
+
+
 def run(env, selection, overrides=()):
-    config = {"ops": {name: {"config": {"overrides": list(overrides)}} for name in selection}}
-    return materialize([*ASSETS, *CHECKS], selection=selection, resources=env["resources"], run_config=config,
-                       instance=env["instance"])
+    return Results(materialize_stages(selection, env["resources"], env["instance"], list(overrides), "DEBUG"))
 
 
 def checks_passed(result) -> dict[str, bool]:
@@ -44,7 +55,13 @@ def test_definitions_load():
 def test_ingest_then_filter_assets(env):
     result = run(env, ["caption_shards"])
     meta = result.asset_materializations_for_node("caption_shards")[0].metadata
-    assert meta["rows"].value == 1224 and meta["failed"].value == 6  # 0.5% of 1200 corrupt files
+    assert meta["rows"].value == 1224 and meta["shards"].value == 3  # 500 rows per shard
+    assert meta["by_error"].value["undecodable_image"] == 6  # 0.5% of 1200 files corrupt
+    # one partition per shard; a rerun finds every shard complete and writes none
+    assert env["instance"].get_dynamic_partitions("ingest_shards") == ["00000", "00001", "00002"]
+    assert len(result.asset_materializations_for_node("caption_shards")) == 3
+    again = run(env, ["caption_shards"]).asset_materializations_for_node("caption_shards")[0].metadata
+    assert again["shards_written"].value == 0 and again["rows"].value == 1224
     assert checks_passed(result) == {"ingest_accounts_for_every_row": True}
 
     result = run(env, ["filtered_captions"])
@@ -52,6 +69,7 @@ def test_ingest_then_filter_assets(env):
     assert meta["kept"].value + meta["rejected"].value == 1224
     reasons = meta["rejected_by_reason"].value
     assert reasons["ingest_failed:undecodable_image"] == 6 and reasons["duplicate_image"] > 0
+    assert reasons["language_not_allowed"] > 0 and reasons["caption_too_few_words"] > 0
     assert sum(reasons.values()) == meta["rejected"].value
     assert checks_passed(result) == {"filter_counts_reconcile": True}
 
