@@ -51,6 +51,32 @@ def make_images(work: Path, rows: int, source: Path) -> None:
         (out / f"{i}.jpg").write_bytes(buf.getvalue())
 
 
+BAD_KINDS = {  # every `len(BAD_KINDS)`-th bad row cycles through these; the reason our ingest must record
+    "missing": "http_404", "html": "undecodable_image", "truncated": "undecodable_image",
+    "ftp": "scheme_not_allowed", "duplicate": "duplicate_url",
+}
+
+
+def url_list(base: str, rows: int, bad_fraction: float, work: Path) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The benchmark's URL list: good images plus a `bad_fraction` of web junk, and the reason counts it implies."""
+    (work / "www" / "bad").mkdir(parents=True, exist_ok=True)
+    (work / "www" / "bad" / "page.jpg").write_bytes(b"<html><body>Error 404</body></html>")
+    (work / "www" / "bad" / "truncated.jpg").write_bytes((work / "www" / "img" / "0.jpg").read_bytes()[:600])
+    bad_every = round(1 / bad_fraction) if bad_fraction > 0 else rows + 1
+    urls, expected, kinds = [], {}, list(BAD_KINDS)
+    for i in range(rows):
+        url = f"{base}/{i}.jpg"
+        if i % bad_every == bad_every - 1:
+            kind = kinds[(i // bad_every) % len(kinds)]
+            url = {"missing": f"{base}/missing/{i}.jpg", "html": f"{base.rsplit('/', 1)[0]}/bad/page.jpg?{i}",
+                   "truncated": f"{base.rsplit('/', 1)[0]}/bad/truncated.jpg?{i}", "ftp": f"ftp://127.0.0.1/{i}.jpg",
+                   "duplicate": f"{base}/0.jpg"}[kind]
+            expected[BAD_KINDS[kind]] = expected.get(BAD_KINDS[kind], 0) + 1
+        urls.append(url)
+    captions = [f"a photo of a {CLASS_NAMES[i % 10]}" for i in range(rows)]
+    return pl.DataFrame({"url": urls, "caption": captions}), dict(sorted(expected.items(), key=lambda kv: -kv[1]))
+
+
 def ensure_img2dataset() -> Path:
     exe = I2D_VENV / "bin" / "img2dataset"
     if not exe.exists():
@@ -75,6 +101,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--port", type=int, default=18431)
+    parser.add_argument("--bad-fraction", type=float, default=0.05, help="share of junk rows (404, HTML, ...)")
     parser.add_argument("--work", default="/tmp/clip-ingest-bench")
     parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     args = parser.parse_args()
@@ -83,8 +110,8 @@ def main() -> None:
     make_images(work, args.rows, Path(args.source))
     base = f"http://127.0.0.1:{args.port}/img"
     urls = work / "urls.csv"
-    pl.DataFrame({"url": [f"{base}/{i}.jpg" for i in range(args.rows)],
-                  "caption": [f"a photo of a {CLASS_NAMES[i % 10]}" for i in range(args.rows)]}).write_csv(urls)
+    table, expected = url_list(base, args.rows, args.bad_fraction, work)
+    table.write_csv(urls)
     (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, port=args.port))
     subprocess.run(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], check=True)
     i2d = ensure_img2dataset()
@@ -98,6 +125,8 @@ def main() -> None:
                      work / "ours.log")
         stats = json.loads((work / "ours" / "_stats.json").read_text())
         results["ours"] = {"seconds": ours, "success": stats["success"], "rows": stats["rows"]}
+        reconciled = stats["by_error"] == expected and stats["rows"] == args.rows == sum(stats["by_status"].values())
+        results["ours"].update(by_error=stats["by_error"], expected_by_error=expected, reconciled=reconciled)
         theirs = timed([str(i2d), "--url_list", str(urls), "--input_format", "csv", "--url_col", "url",
                         "--caption_col", "caption", "--output_format", "webdataset", "--output_folder",
                         str(work / "img2dataset"), "--processes_count", str(args.processes), "--thread_count",
@@ -115,6 +144,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<12} {r['rows']:>7} {r['success']:>7} {r['seconds']:>8.1f} {r['images_per_second']:>9.1f}")
     print(f"ratio ours / img2dataset: {ratio:.2f}")
+    print(f"ours per reason: {results['ours']['by_error']}; reconciles with the list: {results['ours']['reconciled']}")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "ingest_vs_img2dataset.json").write_text(json.dumps(

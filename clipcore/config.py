@@ -117,6 +117,9 @@ class FilterConfig:
     """Largest allowed ratio of long to short image side."""
     languages: tuple[str, ...] = ("en",)
     """Allowed caption languages (ISO 639-1, detected with lingua); empty disables the rule."""
+    language_candidates: tuple[str, ...] = ("en", "es", "de", "fr", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar",
+                                            "tr", "pl", "sv", "id", "vi", "hi")
+    """Languages the detector chooses among (short captions get mistaken for rare languages); empty: all 75."""
     dedupe_images: bool = True
     """Keep only the first row of each exact image (sha256)."""
     near_duplicate_bits: int | None = None

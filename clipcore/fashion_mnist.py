@@ -45,7 +45,7 @@ SYNONYMS = {
 TEMPLATES = [
     "a photo of a {}", "a black and white photo of a {}", "{} for sale, barely worn",
     "product shot of a {} on white background", "cheap {} free shipping", "my new {} arrived today",
-    "vintage {} in great condition", "close-up of a {}", "grayscale catalog image: {}",
+    "vintage {} in great condition", "close-up of a {}", "grayscale catalog photo of a {}",
     "a {} from the summer collection", "buy this {} online now", "women's {} size M",
     "men's {} best price", "a low resolution picture of a {}", "look at this {}!",
     "{} (used, good condition)", "thumbnail of a stylish {}", "a cropped photo of the {}",
@@ -156,7 +156,8 @@ def plan_captions(labels: np.ndarray, config: DataConfig) -> CaptionPlan:
 
 
 def build_caption_dataset(config: DataConfig, progress: bool = True) -> dict[str, int]:
-    """Write `config.root`: images/*.png, captions.csv (path, caption) and test/ (the untouched test set).
+    """Write `config.root`: images/*.png, captions.csv (path, caption), test/ (the untouched test set, for zero-shot)
+    and train/ (the labeled training split, used only to fit linear probes).
 
     Deterministic for a given config: rerunning produces byte-identical files, so data.dvc stays valid.
 
@@ -167,10 +168,12 @@ def build_caption_dataset(config: DataConfig, progress: bool = True) -> dict[str
     raw = locate_sources(config.source_dir)
     images = read_idx(raw / FILES[0])[: config.limit]
     labels = read_idx(raw / FILES[1])[: config.limit]
+    # labeled splits beside the caption data: test/ (zero-shot) and train/ (linear-probe fitting only)
+    for split, names in (("test", FILES[2:]), ("train", FILES[:2])):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copyfile(raw / name, root / split / name)
     test = root / "test"
-    test.mkdir(parents=True, exist_ok=True)
-    for name in FILES[2:]:
-        shutil.copyfile(raw / name, test / name)
     plan = plan_captions(labels, config)
     rng = np.random.default_rng(config.seed + 1)
     paths = []

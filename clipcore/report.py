@@ -29,6 +29,7 @@ class ReportInputs:
     identifiers: dict[str, str]
     decision: str
     config: dict = field(default_factory=dict)
+    runs: list[dict] = field(default_factory=list)  # every training run: filter settings, loss, top-1
 
 
 def _figure_to_data_uri(fig: plt.Figure) -> str:
@@ -98,6 +99,15 @@ def _table(rows: dict) -> str:
     return f"<table>{body}</table>"
 
 
+def _rows_table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>No other runs yet.</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.values()) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -123,8 +133,13 @@ def render_report(inputs: ReportInputs) -> str:
         ("Zero-shot classification",
          f'<img src="{plot_per_class(inputs.class_names, inputs.per_class_accuracy)}" alt="per-class accuracy">'
          f'<img src="{plot_confusion(inputs.class_names, inputs.confusion)}" alt="confusion matrix">'),
-        ("Retrieval", "<p>Held-out captions and the top images they retrieve (green: the caption's own image).</p>"
+        ("Retrieval", "<p>Held-out captions and the top images they retrieve (green: the caption's own image). "
+         "Templated captions describe a class, not one image, so many images match each caption equally well "
+         "and R@k is low by construction; the examples show whether the retrieved images fit the caption.</p>"
          + "".join(examples)),
+        ("Runs compared", "<p>Every evaluated training run in the experiment, newest first: the effect of "
+         "filtering (including CLIP-score filtering by the champion) and of the loss on zero-shot top-1.</p>"
+         + _rows_table(inputs.runs)),
         ("All metrics", _table(inputs.metrics)),
         ("Run and model", _table(inputs.identifiers)),
         ("Configuration", _table(inputs.config)),

@@ -94,7 +94,7 @@ def clip_model(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
                                                 step=int(r["step"])),
         )
         result = trained.result
-        mlflow.log_metrics({"train_samples_per_second": result.samples_per_second,
+        mlflow.log_metrics({"train_samples_per_second": result.samples_per_second, "train_rows": trained.train_rows,
                             "train_seconds": result.seconds,
                             "data_wait_share": result.data_wait_seconds / max(result.seconds, 1e-9)})
         model_uri, version = log_and_register(trained.checkpoint_dir, cfg.registry.model_name)

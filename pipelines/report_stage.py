@@ -28,6 +28,29 @@ def lineage() -> dict[str, str]:
     return ids
 
 
+RUN_COLUMNS = {  # MLflow column -> report column
+    "tags.mlflow.runName": "run", "params.loss.name": "loss", "params.filter.enabled": "filtered",
+    "params.filter.clip_score.enabled": "clip-score filter", "params.filter.languages": "languages",
+    "metrics.train_rows": "train rows", "metrics.zero_shot_top1": "zero-shot top-1",
+}
+
+
+def training_runs(experiment: str) -> list[dict]:
+    """Every evaluated training run of the experiment, newest first: how filtering and the loss moved top-1."""
+    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["start_time DESC"])
+    if runs.empty or "metrics.zero_shot_top1" not in runs:
+        return []
+    runs = runs[runs["metrics.zero_shot_top1"].notna()]
+    rows = []
+    for _, run in runs.iterrows():
+        row = {"run id": run["run_id"][:8]}
+        for column, label in RUN_COLUMNS.items():
+            value = run.get(column)
+            row[label] = "-" if value is None or value != value else value  # NaN -> "-"
+        rows.append(row)
+    return rows
+
+
 def retrieval_examples(details: dict, clip_model: dict, cfg: PipelineConfig) -> list[dict]:
     """Each example caption with the thumbnails of its top images (and whether each is the caption's own)."""
     examples = details["retrieval_examples"]
@@ -58,6 +81,7 @@ def build_report(filtered_captions: dict, clip_model: dict, evaluation: dict, cf
                      "registered": f"models:/{clip_model['model_name']}/{clip_model['model_version']}",
                      "loss": clip_model["loss"], **lineage(), **extra_ids},
         decision=decision["reason"],
+        runs=training_runs(cfg.registry.experiment),
         config={k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("model", "loss", "train", "filter")},
     )
     (out / "index.html").write_text(render_report(inputs))
