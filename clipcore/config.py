@@ -218,6 +218,12 @@ class EvalConfig:
     """Prompt template set: a name shipped in clipcore/prompts or a path to a text file."""
     max_test_images: int | None = None
     """Evaluate on at most this many test images (tiny runs); None uses all."""
+    probe_images: str = "data/fashion_mnist/train/train-images-idx3-ubyte.gz"
+    """Labeled images (IDX) the linear probe is fitted on (never the test set)."""
+    probe_labels: str = "data/fashion_mnist/train/train-labels-idx1-ubyte.gz"
+    """Labels of the probe images (IDX)."""
+    probe_size: int = 10_000
+    """First N probe images used to fit the linear probe; 0 skips the probe."""
     batch_size: int = 1_000
     """Images per forward pass."""
     num_examples: int = 6

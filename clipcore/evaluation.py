@@ -7,6 +7,7 @@ import torch
 from tokenizers import Tokenizer
 
 from clipcore.images import normalize_uint8
+from clipcore.linear_probe import linear_probe
 from clipcore.model import ClipModel
 from clipcore.retrieval import retrieval_metrics
 from clipcore.tokenizer import tokenize
@@ -31,12 +32,21 @@ def embed_texts(model: ClipModel, tokenizer: Tokenizer, texts: list[str], batch_
     return torch.cat(chunks)
 
 
+def top_confusions(confusion: list[list[int]], k: int = 3) -> list[tuple[int, int, int]]:
+    """The k most frequent (true, predicted, count) off-diagonal cells of a confusion matrix."""
+    matrix = np.asarray(confusion).copy()
+    np.fill_diagonal(matrix, 0)
+    flat = np.argsort(-matrix, axis=None)[:k]
+    return [(int(i), int(j), int(matrix[i, j])) for i, j in zip(*np.unravel_index(flat, matrix.shape), strict=True)]
+
+
 def margin_diagnostics(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
     """Chen et al.'s quantities on aligned pairs: positive cosine, hardest-negative cosine, their margin,
     and the modality gap (distance between the two modalities' mean embeddings)."""
     sim = image_emb @ text_emb.T  # (N, N)
     positive = sim.diagonal()
-    hardest = sim.masked_fill(torch.eye(len(sim), dtype=torch.bool), -2.0).max(1).values  # (N,)
+    eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    hardest = sim.masked_fill(eye, -2.0).max(1).values  # (N,)
     return {
         "positive_cosine": float(positive.mean()),
         "hardest_negative_cosine": float(hardest.mean()),
@@ -55,6 +65,7 @@ def evaluate_model(
     holdout_images: torch.Tensor,  # (M, ...) uint8
     holdout_captions: list[str],
     batch_size: int = 1000,
+    probe: tuple[torch.Tensor, np.ndarray] | None = None,  # (images, labels) to fit a linear probe on
 ) -> dict:
     """Zero-shot classification on the test set, retrieval and diagnostics on the held-out pairs.
 
@@ -78,6 +89,9 @@ def evaluate_model(
         **margin_diagnostics(pair_images, pair_texts),
         "temperature": float(1 / model.scale().detach()),
     }
+    if probe is not None:
+        probe_emb = embed_images(model, probe[0], batch_size)
+        metrics.update(linear_probe(probe_emb.numpy(), probe[1], image_emb.numpy(), np.asarray(test_labels)))
     return {
         "metrics": metrics,
         "per_class_accuracy": zero_shot["per_class_accuracy"],

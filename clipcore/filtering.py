@@ -88,7 +88,8 @@ def filter_manifest(manifest: pl.DataFrame, config: FilterConfig) -> tuple[pl.Da
         if config.languages:
             passing = frame[REASON].is_null()
             captions = frame.filter(passing)["caption"].to_list()
-            detected = dict(zip(np.flatnonzero(passing.to_numpy()), detect_languages(captions, config.language_candidates), strict=True))
+            languages = detect_languages(captions, config.language_candidates)
+            detected = dict(zip(np.flatnonzero(passing.to_numpy()), languages, strict=True))
             allowed = set(config.languages)
             wrong = [detected.get(i) not in allowed and detected.get(i) is not None for i in range(frame.height)]
             frame = _reject(frame, wrong, "language_not_allowed")

@@ -30,6 +30,7 @@ class ReportInputs:
     decision: str
     config: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)  # every training run: filter settings, loss, top-1
+    confused_pairs: list[dict] = field(default_factory=list)  # true, predicted, count, images: [uint8 arrays]
 
 
 def _figure_to_data_uri(fig: plt.Figure) -> str:
@@ -65,6 +66,24 @@ def plot_training(history: list[dict]) -> str:
     for ax, key in zip(axes, ["loss", "lr", "temperature"], strict=True):
         ax.plot(steps, [h[key] for h in history])
         ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return _figure_to_data_uri(fig)
+
+
+def plot_diagnostics(history: list[dict]) -> str:
+    """Chen et al.'s quantities over training (on each logged batch): positive vs hardest-negative cosine, margin."""
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    axes[0].plot(steps, [h["positive_cosine"] for h in history], label="positive pairs")
+    axes[0].plot(steps, [h["hardest_negative_cosine"] for h in history], label="hardest negative")
+    axes[0].legend()
+    axes[0].set_title("cosine")
+    axes[1].plot(steps, [h["margin"] for h in history])
+    axes[1].set_title("margin (positive - hardest negative)")
+    axes[2].plot(steps, [h["modality_gap"] for h in history])
+    axes[2].set_title("modality gap")
+    for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()
     return _figure_to_data_uri(fig)
@@ -129,10 +148,17 @@ def render_report(inputs: ReportInputs) -> str:
             {k: inputs.metrics[k] for k in ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall")
              if k in inputs.metrics})),
         ("Data funnel", f'<img src="{plot_funnel(f)}" alt="data funnel">' + _table(funnel_rows)),
-        ("Training", f'<img src="{plot_training(inputs.history)}" alt="training curves">'),
+        ("Training", f'<img src="{plot_training(inputs.history)}" alt="training curves">'
+         + (f'<img src="{plot_diagnostics(inputs.history)}" alt="margin diagnostics">'
+            if inputs.history and "margin" in inputs.history[0] else "")),
         ("Zero-shot classification",
          f'<img src="{plot_per_class(inputs.class_names, inputs.per_class_accuracy)}" alt="per-class accuracy">'
-         f'<img src="{plot_confusion(inputs.class_names, inputs.confusion)}" alt="confusion matrix">'),
+         f'<img src="{plot_confusion(inputs.class_names, inputs.confusion)}" alt="confusion matrix">'
+         + "<h3>Most confused pairs</h3>" + "".join(
+             f'<div class="example"><p>{html.escape(p["true"])} predicted as {html.escape(p["predicted"])}: '
+             f'{p["count"]} images</p>' + "".join(f'<img src="{_thumbnail(im)}" alt="confused example">'
+                                                  for im in p["images"]) + "</div>"
+             for p in inputs.confused_pairs)),
         ("Retrieval", "<p>Held-out captions and the top images they retrieve (green: the caption's own image). "
          "Templated captions describe a class, not one image, so many images match each caption equally well "
          "and R@k is low by construction; the examples show whether the retrieved images fit the caption.</p>"

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from clipcore.config import LossConfig, TrainConfig
+from clipcore.evaluation import margin_diagnostics
 from clipcore.images import normalize_uint8
 from clipcore.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
 from clipcore.model import ClipModel
@@ -132,6 +133,7 @@ def train_clip(
                 "step": step, "epoch": step / steps_per_epoch, "loss": value.item(),
                 "lr": lr, "logit_scale": model.scale().item(),
                 "temperature": 1 / model.scale().item(),
+                **margin_diagnostics(image_emb.detach().float(), text_emb.detach().float()),
             }
             result.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")

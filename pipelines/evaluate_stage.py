@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from clipcore.config import PipelineConfig
-from clipcore.evaluation import evaluate_model
+from clipcore.evaluation import evaluate_model, top_confusions
 from clipcore.fashion_mnist import read_idx
 from clipcore.model import load_checkpoint
 from clipcore.shards import load_samples
@@ -45,8 +45,12 @@ def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_pat
     class_names = load_class_names("fashion_mnist")
     test_images, test_labels = load_test_set(cfg)
     uids, holdout_images, holdout_captions = load_holdout(clip_model, cfg)
+    probe = None
+    if cfg.eval.probe_size > 0:
+        probe = (torch.from_numpy(read_idx(cfg.eval.probe_images)[: cfg.eval.probe_size].copy()),
+                 read_idx(cfg.eval.probe_labels)[: cfg.eval.probe_size].astype(np.int64))
     result = evaluate_model(model, tokenizer, test_images, test_labels, class_names, templates,
-                            holdout_images, holdout_captions, cfg.eval.batch_size)
+                            holdout_images, holdout_captions, cfg.eval.batch_size, probe)
     metrics = result["metrics"]
     similarity = result["retrieval_similarity"]  # (images, captions)
     examples = [
@@ -54,7 +58,11 @@ def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_pat
          "top_uids": [uids[i] for i in np.argsort(-similarity[:, j])[:TOP_K_EXAMPLES]]}
         for j in range(min(cfg.eval.num_examples, len(uids)))
     ]
+    confused = [{"true": class_names[i], "predicted": class_names[j], "count": n,
+                  "examples": [int(x) for x in np.flatnonzero((test_labels == i) & (result["predictions"] == j))[:6]]}
+                 for i, j, n in top_confusions(result["confusion"])]
     details = {"class_names": class_names, "per_class_accuracy": result["per_class_accuracy"],
+               "confused_pairs": confused,
                "confusion": result["confusion"], "retrieval_examples": examples,
                "test_images": len(test_labels), "holdout_pairs": len(uids)}
     metrics_path.write_text(json.dumps(metrics, indent=2))
@@ -64,6 +72,9 @@ def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_pat
         mlflow.log_artifact(str(metrics_path), "evaluation")
         mlflow.log_artifact(str(out / "details.json"), "evaluation")
     client = MlflowClient()
-    for key in ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r1"):
-        client.set_model_version_tag(clip_model["model_name"], clip_model["model_version"], key, f"{metrics[key]:.6f}")
+    for key in ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r1",
+                "linear_probe_top1"):
+        if key in metrics:
+            client.set_model_version_tag(clip_model["model_name"], clip_model["model_version"], key,
+                                         f"{metrics[key]:.6f}")
     return metrics

@@ -11,6 +11,7 @@ import polars as pl
 import yaml
 
 from clipcore.config import PipelineConfig, flatten
+from clipcore.fashion_mnist import read_idx
 from clipcore.report import ReportInputs, render_report, render_summary
 from clipcore.shards import load_samples
 from pipelines.tracking import promote_if_better
@@ -51,6 +52,12 @@ def training_runs(experiment: str) -> list[dict]:
     return rows
 
 
+def confused_examples(details: dict, cfg: PipelineConfig) -> list[dict]:
+    """The most confused class pairs with a few of the test images behind each."""
+    images = read_idx(cfg.eval.test_images)
+    return [{**pair, "images": [images[i] for i in pair["examples"]]} for pair in details.get("confused_pairs", [])]
+
+
 def retrieval_examples(details: dict, clip_model: dict, cfg: PipelineConfig) -> list[dict]:
     """Each example caption with the thumbnails of its top images (and whether each is the caption's own)."""
     examples = details["retrieval_examples"]
@@ -82,6 +89,7 @@ def build_report(filtered_captions: dict, clip_model: dict, evaluation: dict, cf
                      "loss": clip_model["loss"], **lineage(), **extra_ids},
         decision=decision["reason"],
         runs=training_runs(cfg.registry.experiment),
+        confused_pairs=confused_examples(details, cfg),
         config={k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("model", "loss", "train", "filter")},
     )
     (out / "index.html").write_text(render_report(inputs))
