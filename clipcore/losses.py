@@ -1,6 +1,10 @@
 """Contrastive objectives on L2-normalized embeddings. Each is a small pure function of the batch.
 
-Shapes: image_emb, text_emb (B, D), unit norm; row i of each is a positive pair.
+Shapes: image_emb, text_emb (B, D), unit norm, this process's rows; row i of each is a positive pair.
+In distributed training, image_all/text_all (N, D) are every process's rows (gathered with gradients) and
+`offset` is where this process's rows start in them: each process scores its own rows against all columns
+("local loss"), so memory grows linearly with the global batch, and the mean of the processes' losses
+equals the single-process loss on the concatenated batch. Without them, the batch is the whole batch.
 """
 
 from __future__ import annotations
@@ -9,11 +13,21 @@ import torch
 import torch.nn.functional as F
 
 
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _columns(image_emb, text_emb, image_all, text_all, offset):
+    image_all = image_emb if image_all is None else image_all
+    text_all = text_emb if text_all is None else text_all
+    positives = offset + torch.arange(len(image_emb), device=image_emb.device)  # (B,) column of each row's pair
+    return image_all, text_all, positives
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
+              image_all: torch.Tensor | None = None, text_all: torch.Tensor | None = None,
+              offset: int = 0) -> torch.Tensor:
     """Symmetric InfoNCE (Radford et al., 2021): mean of image->text and text->image cross-entropy."""
-    logits = scale * image_emb @ text_emb.T  # (B, B)
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    image_all, text_all, positives = _columns(image_emb, text_emb, image_all, text_all, offset)
+    image_logits = scale * image_emb @ text_all.T  # (B, N)
+    text_logits = scale * text_emb @ image_all.T  # (B, N)
+    return (F.cross_entropy(image_logits, positives) + F.cross_entropy(text_logits, positives)) / 2
 
 
 def positive_pair_regularizer(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -21,30 +35,34 @@ def positive_pair_regularizer(image_emb: torch.Tensor, text_emb: torch.Tensor) -
     return (1 - (image_emb * text_emb).sum(-1)).mean()
 
 
-def clip_reg_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                  reg_weight: float) -> torch.Tensor:
+def clip_reg_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, reg_weight: float,
+                  image_all: torch.Tensor | None = None, text_all: torch.Tensor | None = None,
+                  offset: int = 0) -> torch.Tensor:
     """CLIP + lambda * positive-pair regularizer: raises the margin without lowering the temperature."""
-    return clip_loss(image_emb, text_emb, scale) + reg_weight * positive_pair_regularizer(image_emb, text_emb)
+    contrastive = clip_loss(image_emb, text_emb, scale, image_all, text_all, offset)
+    return contrastive + reg_weight * positive_pair_regularizer(image_emb, text_emb)
 
 
-def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
-    """Pairwise sigmoid loss (Zhai et al., 2023): -mean over images of sum_j log sigmoid(z_ij (t x_i.y_j + b))."""
-    logits = scale * image_emb @ text_emb.T + bias  # (B, B)
-    signs = 2 * torch.eye(len(logits), device=logits.device, dtype=logits.dtype) - 1  # +1 on the diagonal
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                image_all: torch.Tensor | None = None, text_all: torch.Tensor | None = None,
+                offset: int = 0) -> torch.Tensor:
+    """Pairwise sigmoid loss (Zhai et al., 2023): -1/B sum_i sum_j log sigmoid(z_ij (t x_i.y_j + b))."""
+    _, text_all, positives = _columns(image_emb, text_emb, image_all, text_all, offset)
+    logits = scale * image_emb @ text_all.T + bias  # (B, N)
+    signs = -torch.ones_like(logits)
+    signs[torch.arange(len(logits), device=logits.device), positives] = 1.0
     return -F.logsigmoid(signs * logits).sum() / len(logits)
 
 
-def cyclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                in_modal: float, cross_modal: float) -> torch.Tensor:
+def cyclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, in_modal: float,
+                cross_modal: float, image_all: torch.Tensor | None = None, text_all: torch.Tensor | None = None,
+                offset: int = 0) -> torch.Tensor:
     """CyCLIP (Goel et al., 2022): CLIP + in-modal and cross-modal consistency of the similarity matrices."""
-    image_sim = image_emb @ image_emb.T  # (B, B)
-    text_sim = text_emb @ text_emb.T
-    cross = image_emb @ text_emb.T
-    batch = len(cross)
-    in_term = ((image_sim - text_sim) ** 2).sum() / batch
-    cross_term = ((cross - cross.T) ** 2).sum() / batch
-    return clip_loss(image_emb, text_emb, scale) + in_modal * in_term + cross_modal * cross_term
+    image_all, text_all, _ = _columns(image_emb, text_emb, image_all, text_all, offset)
+    in_term = ((image_emb @ image_all.T - text_emb @ text_all.T) ** 2).sum() / len(image_emb)  # (B, N) summed
+    cross_term = ((image_emb @ text_all.T - text_emb @ image_all.T) ** 2).sum() / len(image_emb)
+    contrastive = clip_loss(image_emb, text_emb, scale, image_all, text_all, offset)
+    return contrastive + in_modal * in_term + cross_modal * cross_term
 
 
 LOSSES = ("clip", "clip_reg", "siglip", "cyclip")

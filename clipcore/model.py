@@ -66,6 +66,10 @@ class ClipModel(nn.Module):
         emb = self.clip.get_text_features(input_ids=token_ids).pooler_output  # (B, D)
         return nn.functional.normalize(emb, dim=-1)
 
+    def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers at once (what DistributedDataParallel wraps): (B, D) image and (B, D) text embeddings."""
+        return self.encode_image(pixels), self.encode_text(token_ids)
+
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at `logit_scale_max`."""
         return self.logit_scale.clamp(max=self.max_log_scale).exp()

@@ -9,9 +9,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from clipcore.config import LossConfig, TrainConfig
+from clipcore.distributed import gather_with_grad, init_from_env, is_distributed, mean_over_processes, rank_and_world
 from clipcore.evaluation import margin_diagnostics
 from clipcore.images import normalize_uint8
 from clipcore.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
@@ -45,16 +47,17 @@ def resolve_device(name: str) -> torch.device:
 
 def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor,
                  config: LossConfig) -> torch.Tensor:
-    """Dispatch on `config.name` to the loss functions in clipcore.losses."""
+    """Dispatch on `config.name` to clipcore.losses; across processes, each scores its rows against all columns."""
     scale = model.scale()
+    columns = gather_with_grad(image_emb, text_emb)  # (N, D), (N, D), offset
     if config.name == "clip":
-        return clip_loss(image_emb, text_emb, scale)
+        return clip_loss(image_emb, text_emb, scale, *columns)
     if config.name == "clip_reg":
-        return clip_reg_loss(image_emb, text_emb, scale, config.reg_weight)
+        return clip_reg_loss(image_emb, text_emb, scale, config.reg_weight, *columns)
     if config.name == "siglip":
-        return siglip_loss(image_emb, text_emb, scale, model.logit_bias)
+        return siglip_loss(image_emb, text_emb, scale, model.logit_bias, *columns)
     if config.name == "cyclip":
-        return cyclip_loss(image_emb, text_emb, scale, config.cyclip_in_modal, config.cyclip_cross_modal)
+        return cyclip_loss(image_emb, text_emb, scale, config.cyclip_in_modal, config.cyclip_cross_modal, *columns)
     raise ValueError(f"unknown loss.name {config.name!r}; choose clip, clip_reg, siglip or cyclip")
 
 
@@ -95,8 +98,15 @@ def train_clip(
     if len(images) < train.batch_size:
         raise ValueError(f"{len(images)} training rows < batch_size={train.batch_size}")
     device = resolve_device(train.device)
+    init_from_env(device)
+    rank, world = rank_and_world()
+    if train.batch_size % world:
+        raise ValueError(f"batch_size={train.batch_size} is not divisible by the {world} processes")
+    local = train.batch_size // world  # each process's share of the global batch
     torch.manual_seed(train.seed)
     model.to(device).train()
+    model.logit_bias.requires_grad_(loss.name == "siglip")  # DDP needs every trainable parameter used
+    forward = DistributedDataParallel(model) if is_distributed() else model
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -105,22 +115,23 @@ def train_clip(
     optimizer = build_optimizer(model, train, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, total))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    generator = torch.Generator().manual_seed(train.seed)
+    generator = torch.Generator().manual_seed(train.seed)  # same order on every process
     result = TrainResult(device=str(device))
     order = torch.empty(0, dtype=torch.long)
     start = time.perf_counter()
-    bar = tqdm(range(total), desc=f"pretrain ({loss.name}, {device.type})", unit="step", disable=not progress)
+    bar = tqdm(range(total), desc=f"pretrain ({loss.name}, {device.type} x{world})", unit="step",
+               disable=not progress or rank > 0)
     for step in bar:
         fetch = time.perf_counter()
         offset = (step % steps_per_epoch) * train.batch_size
         if offset == 0:
             order = torch.randperm(len(images), generator=generator)
-        index = order[offset : offset + train.batch_size]
-        pixels = normalize_uint8(images[index]).to(device, non_blocking=True)  # (B, 1, H, W)
+        index = order[offset + rank * local : offset + (rank + 1) * local]
+        pixels = normalize_uint8(images[index]).to(device, non_blocking=True)  # (B, C, H, W)
         ids = tokens[index].to(device, non_blocking=True)  # (B, L)
         result.data_wait_seconds += time.perf_counter() - fetch
         with autocast:
-            image_emb, text_emb = model.encode_image(pixels), model.encode_text(ids)  # (B, D) each
+            image_emb, text_emb = forward(pixels, ids)  # (B, D) each
             value = compute_loss(model, image_emb.float(), text_emb.float(), loss)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
@@ -130,14 +141,14 @@ def train_clip(
         model.clamp_logit_scale()
         if step % train.log_every == 0 or step == total - 1:
             record = {
-                "step": step, "epoch": step / steps_per_epoch, "loss": value.item(),
+                "step": step, "epoch": step / steps_per_epoch, "loss": mean_over_processes(value.detach()),
                 "lr": lr, "logit_scale": model.scale().item(),
                 "temperature": 1 / model.scale().item(),
                 **margin_diagnostics(image_emb.detach().float(), text_emb.detach().float()),
             }
             result.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
-            if on_log:
+            if on_log and rank == 0:
                 on_log(record)
     result.steps, result.samples = total, total * train.batch_size
     result.seconds = time.perf_counter() - start

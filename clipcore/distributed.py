@@ -1,0 +1,47 @@
+"""torch.distributed helpers: process-group setup from torchrun's environment and gathering with gradients."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...); False when not under torchrun."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    return True
+
+
+def gather_with_grad(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every process's (B, D) rows as (N, D), differentiable (gradients flow back to their owners), and this
+    process's row offset. Without a process group: the inputs themselves and offset 0."""
+    if not is_distributed():
+        return image_emb, text_emb, 0
+    images = torch.cat(dist_fn.all_gather(image_emb))
+    texts = torch.cat(dist_fn.all_gather(text_emb))
+    return images, texts, dist.get_rank() * len(image_emb)
+
+
+def mean_over_processes(value: torch.Tensor) -> float:
+    """A scalar averaged over every process (for logging)."""
+    if is_distributed():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value.item()

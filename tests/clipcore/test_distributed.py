@@ -1,0 +1,83 @@
+"""Two gloo processes on the CPU give the same loss and gradients as one process on the concatenated batch."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from clipcore.config import LossConfig
+from clipcore.losses import LOSSES
+from clipcore.training import compute_loss
+
+N, D_IN, D = 8, 6, 4
+
+
+class Towers(torch.nn.Module):
+    """Two linear towers plus the learnable scale and bias compute_loss reads."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = torch.nn.Linear(D_IN, D)
+        self.text = torch.nn.Linear(D_IN, D)
+        self.log_scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+        self.logit_bias = torch.nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
+        self.double()
+
+    def forward(self, x, y):
+        return F.normalize(self.image(x), dim=-1), F.normalize(self.text(y), dim=-1)
+
+    def scale(self):
+        return self.log_scale.exp()
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(N, D_IN, generator=g, dtype=torch.float64), torch.randn(N, D_IN, generator=g,
+                                                                                 dtype=torch.float64)
+
+
+def loss_and_grads(model, forward, x, y, name):
+    image_emb, text_emb = forward(x, y)
+    loss = compute_loss(model, image_emb, text_emb, LossConfig(name=name))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                           for n, p in model.named_parameters()}
+
+
+def worker(rank: int, world: int, init_file: str, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x, y = data()
+    rows = slice(rank * N // world, (rank + 1) * N // world)
+    for name in LOSSES:
+        model = Towers()
+        model.logit_bias.requires_grad_(name == "siglip")  # as in training: DDP needs every trainable param used
+        ddp = DistributedDataParallel(model)  # averages gradients across processes, as in training
+        loss, grads = loss_and_grads(model, ddp, x[rows], y[rows], name)
+        dist.all_reduce(loss)
+        if rank == 0:
+            results[name] = (loss / world, grads)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    with mp.Manager() as manager:
+        results = manager.dict()
+        init = tmp_path_factory.mktemp("gloo") / "init"
+        mp.spawn(worker, args=(2, str(init), results), nprocs=2, join=True)
+        return dict(results)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_two_processes_match_one(two_process_results, name):
+    model = Towers()
+    model.logit_bias.requires_grad_(name == "siglip")
+    x, y = data()
+    expected_loss, expected_grads = loss_and_grads(model, model, x, y, name)
+    loss, grads = two_process_results[name]
+    assert torch.allclose(loss, expected_loss, atol=1e-10), (loss, expected_loss)
+    for key, grad in expected_grads.items():
+        assert torch.allclose(grads[key], grad, atol=1e-10), key
