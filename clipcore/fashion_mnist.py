@@ -45,7 +45,7 @@ SYNONYMS = {
 TEMPLATES = [
     "a photo of a {}", "a black and white photo of a {}", "{} for sale, barely worn",
     "product shot of a {} on white background", "cheap {} free shipping", "my new {} arrived today",
-    "vintage {} in great condition", "close-up of a {}", "grayscale catalog photo of a {}",
+    "vintage {} in great condition", "close-up of a {}", "studio shot of a {} in grayscale",
     "a {} from the summer collection", "buy this {} online now", "women's {} size M",
     "men's {} best price", "a low resolution picture of a {}", "look at this {}!",
     "{} (used, good condition)", "thumbnail of a stylish {}", "a cropped photo of the {}",

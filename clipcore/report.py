@@ -31,6 +31,7 @@ class ReportInputs:
     config: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)  # every training run: filter settings, loss, top-1
     confused_pairs: list[dict] = field(default_factory=list)  # true, predicted, count, images: [uint8 arrays]
+    comparison: list[dict] = field(default_factory=list)  # candidate vs champion on the same test set
 
 
 def _figure_to_data_uri(fig: plt.Figure) -> str:
@@ -145,8 +146,9 @@ def render_report(inputs: ReportInputs) -> str:
         examples.append(f'<div class="example"><p>"{html.escape(ex["caption"])}"</p>{thumbs}</div>')
     sections = [
         ("Summary", f"<p>{html.escape(inputs.decision)}</p>" + _table(
-            {k: inputs.metrics[k] for k in ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall")
-             if k in inputs.metrics})),
+            {k: inputs.metrics[k] for k in ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall",
+                                            "linear_probe_top1") if k in inputs.metrics})
+         + "<h3>Candidate vs champion (same test set)</h3>" + _rows_table(inputs.comparison)),
         ("Data funnel", f'<img src="{plot_funnel(f)}" alt="data funnel">' + _table(funnel_rows)),
         ("Training", f'<img src="{plot_training(inputs.history)}" alt="training curves">'
          + (f'<img src="{plot_diagnostics(inputs.history)}" alt="margin diagnostics">'

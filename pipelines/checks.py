@@ -11,7 +11,8 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 from clipcore.ingest import read_manifest
 from clipcore.sources import read_source
 from pipelines.assets import caption_shards, clip_model, evaluation, filtered_captions, report
-from pipelines.resources import PipelineResource
+from pipelines.promotion import gate
+from pipelines.resources import MLflowResource, PipelineResource
 
 METRIC_KEYS = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall",
                *(f"retrieval_{d}_r{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)))
@@ -64,6 +65,23 @@ def metrics_complete_and_above_chance(evaluation: dict) -> AssetCheckResult:
         "chance": chance})
 
 
+@asset_check(asset=evaluation, blocking=True, additional_ins={"clip_model": AssetIn("clip_model")},
+             description="The promotion gate: moves `champion` to the candidate only if it beats the champion "
+                         "re-evaluated on the same test set; fails (warning) when the candidate is refused.")
+def candidate_beats_champion(pipeline: PipelineResource, mlflow_store: MLflowResource, clip_model: dict,
+                             evaluation: dict) -> AssetCheckResult:
+    cfg = pipeline.load_config()
+    mlflow_store.setup(cfg.registry.experiment)
+    decision = gate(clip_model, evaluation["metrics"], cfg)
+    Path(evaluation["dir"], "promotion.json").write_text(json.dumps(decision, indent=2))
+    champion = decision["champion"] or {}
+    return AssetCheckResult(
+        passed=decision["promoted"], severity=AssetCheckSeverity.WARN, description=decision["reason"],
+        metadata={"decision": decision["reason"], "candidate_top1": decision["candidate"]["zero_shot_top1"],
+                  "champion_top1_same_test_set": champion.get("zero_shot_top1", -1.0),
+                  "champion_version_before": decision["champion_version"] or "none"})
+
+
 @asset_check(asset=report, description="The report is one self-contained file: no external src or href.")
 def report_self_contained(report: dict) -> AssetCheckResult:
     html = Path(report["html"]).read_text()
@@ -73,4 +91,4 @@ def report_self_contained(report: dict) -> AssetCheckResult:
 
 
 CHECKS = [ingest_accounts_for_every_row, filter_counts_reconcile, training_converged,
-          metrics_complete_and_above_chance, report_self_contained]
+          metrics_complete_and_above_chance, candidate_beats_champion, report_self_contained]

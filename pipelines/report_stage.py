@@ -14,7 +14,6 @@ from clipcore.config import PipelineConfig, flatten
 from clipcore.fashion_mnist import read_idx
 from clipcore.report import ReportInputs, render_report, render_summary
 from clipcore.shards import load_samples
-from pipelines.tracking import promote_if_better
 
 
 def lineage() -> dict[str, str]:
@@ -52,6 +51,18 @@ def training_runs(experiment: str) -> list[dict]:
     return rows
 
 
+def comparison_rows(decision: dict) -> list[dict]:
+    """Candidate beside the champion (both on the same test set) with the deltas."""
+    champion = decision.get("champion") or {}
+    rows = []
+    for key, value in decision["candidate"].items():
+        other = champion.get(key)
+        rows.append({"metric": key, f"candidate v{decision['candidate_version']}": value,
+                     f"champion v{decision['champion_version'] or '-'}": "-" if other is None else other,
+                     "delta": "-" if other is None else f"{value - other:+.4f}"})
+    return rows
+
+
 def confused_examples(details: dict, cfg: PipelineConfig) -> list[dict]:
     """The most confused class pairs with a few of the test images behind each."""
     images = read_idx(cfg.eval.test_images)
@@ -74,7 +85,11 @@ def build_report(filtered_captions: dict, clip_model: dict, evaluation: dict, cf
                  extra_ids: dict[str, str]) -> tuple[str, dict]:
     """Promote if better, write index.html and summary.md, log them to the run; returns (summary, decision)."""
     metrics = evaluation["metrics"]
-    decision = promote_if_better(clip_model["model_name"], clip_model["model_version"], metrics["zero_shot_top1"])
+    gate_file = Path(evaluation["dir"]) / "promotion.json"
+    if not gate_file.exists():
+        raise FileNotFoundError(f"{gate_file} is missing: the promotion gate (asset check candidate_beats_champion on "
+                                "`evaluation`) has not run; materialize `evaluation` with its checks")
+    decision = json.loads(gate_file.read_text())
     details = json.loads(Path(evaluation["details"]).read_text())
     inputs = ReportInputs(
         funnel=filtered_captions["funnel"],
@@ -88,6 +103,7 @@ def build_report(filtered_captions: dict, clip_model: dict, evaluation: dict, cf
                      "registered": f"models:/{clip_model['model_name']}/{clip_model['model_version']}",
                      "loss": clip_model["loss"], **lineage(), **extra_ids},
         decision=decision["reason"],
+        comparison=comparison_rows(decision),
         runs=training_runs(cfg.registry.experiment),
         confused_pairs=confused_examples(details, cfg),
         config={k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("model", "loss", "train", "filter")},

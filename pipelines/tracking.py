@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -60,35 +58,3 @@ def log_and_register(checkpoint_dir: Path, model_name: str) -> tuple[str, str]:
                           "clip-pipeline"],
     )
     return info.model_uri, str(info.registered_model_version)
-
-
-def champion_top1(client: MlflowClient, model_name: str) -> tuple[str | None, float | None]:
-    """(version, zero_shot_top1) of the current champion, or (None, None) when there is none."""
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None, None
-    value = version.tags.get("zero_shot_top1")
-    return str(version.version), float(value) if value is not None else None
-
-
-def promote_if_better(model_name: str, version: str, top1: float) -> dict:
-    """Move `champion` to `version` when its zero-shot top-1 beats the champion's (or there is none).
-
-    The decision and the numbers are recorded as tags on the candidate version.
-    """
-    client = MlflowClient()
-    current, current_top1 = champion_top1(client, model_name)
-    if current == version:
-        decision = {"promoted": True, "reason": f"version {version} is already the champion"}
-    elif current is None or current_top1 is None or top1 > current_top1:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-        before = "no champion before" if current is None else f"beats v{current}'s {current_top1:.4f}"
-        decision = {"promoted": True, "reason": f"v{version} top-1 {top1:.4f} {before}: now @{CHAMPION}"}
-    else:
-        decision = {"promoted": False,
-                    "reason": f"v{version} top-1 {top1:.4f} does not beat champion v{current}'s {current_top1:.4f}"}
-    decision.update(candidate=version, candidate_top1=top1, champion_before=current, champion_top1_before=current_top1)
-    client.set_model_version_tag(model_name, version, "promotion", "promoted" if decision["promoted"] else "refused")
-    client.set_model_version_tag(model_name, version, "promotion_reason", decision["reason"])
-    return decision

@@ -77,6 +77,7 @@ def test_ingest_then_filter_assets(env):
 def test_whole_graph_registry_and_served_model(env, tmp_path):
     result = run(env, [a.key.to_user_string() for a in ASSETS])
     assert result.success and all(checks_passed(result).values()), checks_passed(result)
+    assert "candidate_beats_champion" in checks_passed(result)
     metrics = json.loads((env["outputs"] / "metrics.json").read_text())
     for key in ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall", "retrieval_image_to_text_r1",
                 "retrieval_text_to_image_r10"):
@@ -105,6 +106,11 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     result = run(env, ["clip_model", "evaluation", "report"], overrides=["train.epochs=0.1", "train.lr=1e-6"])
     decision = result.asset_materializations_for_node("report")[0].metadata
     assert decision["promoted"].value is False and "does not beat" in decision["decision"].value
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "candidate_beats_champion"][0]
+    assert not gate.passed and gate.metadata["champion_top1_same_test_set"].value == pytest.approx(
+        metrics["zero_shot_top1"])  # the champion, re-evaluated on the same test set, scores what it scored
+    html = (env["outputs"] / "report" / "index.html").read_text()
+    assert "does not beat" in html and "Candidate vs champion" in html
     assert str(client.get_model_version_by_alias("clip", "champion").version) == "1"
     assert client.get_model_version("clip", "2").tags["promotion"] == "refused"
     mlflow.set_tracking_uri(env["uri"])
