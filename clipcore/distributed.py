@@ -45,3 +45,9 @@ def mean_over_processes(value: torch.Tensor) -> float:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value.item()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op without a process group)."""
+    if is_distributed():
+        dist.barrier()

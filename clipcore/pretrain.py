@@ -11,10 +11,11 @@ from pathlib import Path
 import polars as pl
 
 from clipcore.config import PipelineConfig
+from clipcore.distributed import barrier, init_from_env, rank_and_world
 from clipcore.model import ClipModel, build_model, save_checkpoint
 from clipcore.shards import load_samples
-from clipcore.tokenizer import tokenize, train_tokenizer
-from clipcore.training import TrainResult, train_clip
+from clipcore.tokenizer import load_tokenizer, tokenize, train_tokenizer
+from clipcore.training import TrainResult, resolve_device, train_clip
 from clipcore.zero_shot import load_templates
 
 
@@ -47,27 +48,39 @@ def run_pretraining(
     on_log: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> PretrainOutput:
-    """Train a CLIP model on the kept rows and write checkpoint/, holdout.parquet and history.json."""
+    """Train a CLIP model on the kept rows and write checkpoint/, holdout.parquet and history.json.
+
+    Under torchrun every process runs this: each loads the rows, process 0 trains the tokenizer and the others
+    load it (so all share one vocabulary), training is data-parallel, and only process 0 writes files.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    init_from_env(resolve_device(config.train.device))
+    rank, _ = rank_and_world()
     train_rows, holdout = split_holdout(kept, config.train.holdout_size, config.train.seed)
     if config.train.max_rows is not None:
         train_rows = train_rows.head(config.train.max_rows)
-    holdout.write_parquet(output_dir / "holdout.parquet")
     shards = sorted({str(Path(shard_root) / s) for s in train_rows["shard"].to_list()})
     uids, images, captions = load_samples(shards, train_rows["uid"].to_list(), config.model.image_size,
-                                          config.model.channels, progress=progress)
-    tokenizer = train_tokenizer(captions, config.model.vocab_size, config.model.context_length)
+                                          config.model.channels, progress=progress and rank == 0)
+    tokenizer_path = output_dir / "tokenizer.json"
+    if rank == 0:
+        holdout.write_parquet(output_dir / "holdout.parquet")
+        train_tokenizer(captions, config.model.vocab_size, config.model.context_length).save(str(tokenizer_path))
+    barrier()
+    tokenizer = load_tokenizer(tokenizer_path, config.model.context_length)
     tokens = tokenize(tokenizer, captions)  # (N, L)
     model_config, bias_init = config.model, 0.0
     if config.loss.name == "siglip":  # SigLIP's init: t = 10, b = -10
         model_config, bias_init = dataclasses.replace(model_config, logit_scale_init=10.0), -10.0
     model = build_model(model_config, tokenizer, logit_bias_init=bias_init)
     result = train_clip(model, images, tokens, config.train, config.loss, on_log=on_log, progress=progress)
-    checkpoint = save_checkpoint(output_dir / "checkpoint", model.cpu(), tokenizer)
-    # the zero-shot prompts travel with the model, so a served model classifies like the evaluation did
-    (checkpoint / "templates.txt").write_text("\n".join(load_templates(config.eval.templates)) + "\n")
-    history_path = output_dir / "history.json"
-    history_path.write_text(json.dumps(result.history))
+    checkpoint, history_path = output_dir / "checkpoint", output_dir / "history.json"
+    if rank == 0:
+        save_checkpoint(checkpoint, model.cpu(), tokenizer)
+        # the zero-shot prompts travel with the model, so a served model classifies like the evaluation did
+        (checkpoint / "templates.txt").write_text("\n".join(load_templates(config.eval.templates)) + "\n")
+        history_path.write_text(json.dumps(result.history))
+    barrier()
     return PretrainOutput(checkpoint, output_dir / "holdout.parquet", history_path, len(uids), holdout.height,
                           result, model)

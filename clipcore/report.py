@@ -193,6 +193,7 @@ def render_summary(inputs: ReportInputs) -> str:
         "| metric | value |", "|---|---|",
         *[f"| {k} | {m[k]:.4f} |" for k in m if k.startswith(("zero_shot", "retrieval"))],
         "", f"Data: {inputs.funnel['rows_in']:,} rows in, {inputs.funnel['kept']:,} kept, "
-        f"{inputs.funnel['rejected']:,} rejected.",
+        f"{inputs.funnel['rejected']:,} rejected.", "",
+        f"![zero-shot accuracy per class]({plot_per_class(inputs.class_names, inputs.per_class_accuracy)})",
     ]
     return "\n".join(lines)

@@ -105,6 +105,25 @@ def standalone_filter(args: argparse.Namespace) -> None:
     print(json.dumps(run_filter(args.input_dir, config.filter, out), indent=2))
 
 
+def train(args: argparse.Namespace) -> None:
+    """Pretrain on a filter stage's output, outside Dagster; `torchrun --nproc-per-node N $(which clip-pipeline)
+    train ...` trains data-parallel on N processes (gloo on CPU, NCCL on GPUs)."""
+    import polars as pl
+
+    from clipcore.config import load_params
+    from clipcore.distributed import rank_and_world
+    from clipcore.pretrain import run_pretraining
+
+    config = load_params(args.params, args.overrides)
+    out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config)
+    if rank_and_world()[0] == 0:
+        r = out.result
+        print(json.dumps({"checkpoint": str(out.checkpoint_dir), "train_rows": out.train_rows, "steps": r.steps,
+                          "seconds": round(r.seconds, 1), "samples_per_second": round(r.samples_per_second, 1),
+                          "final_loss": r.history[-1]["loss"], "device": r.device,
+                          "processes": rank_and_world()[1]}, indent=2))
+
+
 def predict(model_uri: str, labels: str | None, images: list[str]) -> None:
     """Zero-shot predictions (or embeddings' shapes, without --labels) for image files."""
     from pipelines.tracking import configure_mlflow
@@ -166,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     stages["filter"].add_argument("--input-dir", help="an ingest output folder (standalone run; needs --output-dir)")
     stages["filter"].add_argument("--output-dir", help="where kept.parquet, rejected.parquet and funnel.json go")
     with_params(sub.add_parser("run", help="materialize all five stages in order"))
+    p = with_params(sub.add_parser("train", help="pretrain outside Dagster (works under torchrun)",
+                                   description=train.__doc__))
+    p.add_argument("--kept", default="outputs/filtered_captions/kept.parquet", help="kept rows (default: %(default)s)")
+    p.add_argument("--shards", default="outputs/caption_shards", help="ingest folder (default: %(default)s)")
+    p.add_argument("--output-dir", default="outputs/train", help="checkpoint folder (default: %(default)s)")
     p = sub.add_parser("predict", help="classify image files with a registered model")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", default="models:/clip@champion", help="model URI (default: %(default)s)")
@@ -189,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         materialize_assets([STAGES[args.command]], args.params, args.overrides)
     elif args.command == "run":
         materialize_assets(list(STAGES.values()), args.params, args.overrides)
+    elif args.command == "train":
+        train(args)
     elif args.command == "predict":
         predict(args.model, args.labels, args.images)
     elif args.command == "models":
