@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from clipcore.shards import IMAGE_KEYS
+from clipcore.shards import IMAGE_KEYS, every_shard
 
 ImageEmbedder = Callable[[list[bytes]], np.ndarray]
 TextEmbedder = Callable[[list[str]], np.ndarray]
@@ -22,7 +22,8 @@ def read_image_bytes(shards: Iterable[str | Path], uids: Iterable[str]) -> dict[
     """The stored image bytes of the samples whose key is in `uids`."""
     wanted = set(uids)
     found = {}
-    for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
+                                     nodesplitter=every_shard):
         if sample["__key__"] in wanted:
             found[sample["__key__"]] = sample[next(k for k in IMAGE_KEYS if k in sample)]
     missing = wanted - set(found)

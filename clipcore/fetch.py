@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tarfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,20 +21,11 @@ from urllib3.exceptions import (
     ResponseError,
 )
 
+from clipcore.config import IngestConfig
+
 ALLOWED_SCHEMES = ("http", "https")
 RETRY_STATUSES = (500, 502, 503, 504)
-
-
-@dataclass
-class FetchConfig:
-    """HTTP behaviour (filled from IngestConfig)."""
-
-    timeout: float = 10.0
-    retries: int = 2
-    max_redirects: int = 5
-    max_bytes: int = 20_000_000
-    user_agent: str = "clip-pipeline/0.1 (+https://github.com/; img2dataset-compatible)"
-    backoff: float = 0.2
+BACKOFF = 0.2  # seconds; urllib3 doubles it per retry
 
 
 class FetchError(Exception):
@@ -70,13 +60,13 @@ def classify_url(url: str | None, local_root: Path | None) -> str:
 class Fetcher:
     """Thread-safe fetcher shared by a worker's download threads."""
 
-    def __init__(self, config: FetchConfig, local_root: Path | None = None):
+    def __init__(self, config: IngestConfig, local_root: Path | None = None):
         self.config = config
         self.local_root = local_root
         retry = urllib3.Retry(
             total=config.retries + config.max_redirects, connect=config.retries, read=config.retries,
             status=config.retries, other=0, redirect=config.max_redirects, status_forcelist=RETRY_STATUSES,
-            backoff_factor=config.backoff, raise_on_redirect=True, raise_on_status=False,
+            backoff_factor=BACKOFF, raise_on_redirect=True, raise_on_status=False,
             respect_retry_after_header=False, allowed_methods=frozenset({"GET"}),
         )
         self.http = urllib3.PoolManager(num_pools=64, maxsize=32, retries=retry,

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clipcore.config import IngestConfig
-from clipcore.fetch import FetchConfig, Fetcher, FetchError
+from clipcore.fetch import Fetcher, FetchError
 from clipcore.images import decode_image
 from clipcore.sources import TABLE_FORMATS, detect_format, read_source
 
@@ -124,9 +124,7 @@ def _init_worker(counter) -> None:
 def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestConfig, local_root: str | None) -> dict:
     """Fetch, validate and write one shard: `NNNNN.tar` then `NNNNN.parquet` (both atomically)."""
     out = Path(output_dir)
-    fetcher = Fetcher(FetchConfig(timeout=config.timeout, retries=config.retries, max_redirects=config.max_redirects,
-                                  max_bytes=config.max_bytes, user_agent=config.user_agent),
-                      Path(local_root) if local_root else None)
+    fetcher = Fetcher(config, Path(local_root) if local_root else None)
     name = f"{index:05d}"
     records = []
     tmp_tar = out / f"{name}.tar.tmp"

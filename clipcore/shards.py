@@ -16,6 +16,12 @@ from clipcore.images import build_resize
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif")
 
 
+def every_shard(urls):
+    """webdataset node splitter that gives every process all shards: each process holds the whole (in-memory)
+    training set and takes its rows of each global batch itself."""
+    return urls
+
+
 def load_samples(shards: Iterable[str | Path], uids: Iterable[str], image_size: int, channels: int,
                  progress: bool = True) -> tuple[list[str], torch.Tensor, list[str]]:
     """Load the samples whose key is in `uids`, resized to `image_size`.
@@ -27,7 +33,8 @@ def load_samples(shards: Iterable[str | Path], uids: Iterable[str], image_size: 
     resize = build_resize(image_size, channels)
     images: list[torch.Tensor | None] = [None] * len(wanted)
     captions: list[str | None] = [None] * len(wanted)
-    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
+                                  nodesplitter=every_shard)
     for sample in tqdm(dataset, desc="loading shards", unit="img", disable=not progress, total=len(wanted)):
         index = wanted.get(sample["__key__"])
         if index is None:
