@@ -8,7 +8,7 @@ DVC_VERSION := 3.67.1
 DVC := uv tool run --quiet --from dvc==$(DVC_VERSION) dvc
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test setup uv dataset data repro ui mlflow-ui lint clean
+.PHONY: run test setup uv dataset data repro compare-filters ui mlflow-ui lint clean
 
 run: setup data repro ## set everything up and run the whole chain on the default dataset
 	@echo; echo "== metrics (outputs/metrics.json) =="; $(DVC) metrics show
@@ -40,6 +40,11 @@ data: setup ## build the caption dataset under data/ (deterministic: matches dat
 
 repro: ## run the DVC pipeline (each stage materializes its Dagster asset)
 	$(DVC) repro
+
+compare-filters: setup ## DVC experiments: no filtering, and CLIP-score filtering by the champion (the report compares runs)
+	$(DVC) exp run -n unfiltered -S filter.enabled=false
+	$(DVC) exp run -n clip-score -S filter.enabled=true -S filter.clip_score.enabled=true
+	$(DVC) exp show --no-pager --drop '.*' --keep 'Experiment|zero_shot_top1|linear_probe_top1|filter.enabled|filter.clip_score.enabled'
 
 ui: setup ## the Dagster UI on http://127.0.0.1:3000
 	uv run --frozen dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000

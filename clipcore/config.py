@@ -214,8 +214,12 @@ class EvalConfig:
     """Labeled test images (IDX format)."""
     test_labels: str = "data/fashion_mnist/test/t10k-labels-idx1-ubyte.gz"
     """Labels of the test images (IDX format)."""
+    labeled_set: str = ""
+    """Instead of the IDX files: an ImageFolder tree (one folder per class) or a csv of (path, label)."""
+    class_names: str = "fashion_mnist"
+    """Class names in label order: a list shipped in clipcore/prompts or a text file (ImageFolder: folder names)."""
     templates: str = "fashion_mnist"
-    """Prompt template set: a name shipped in clipcore/prompts or a path to a text file."""
+    """Prompt templates: `fashion_mnist`, `imagenet` (CLIP's 80) or a text file with one `{}` per line."""
     max_test_images: int | None = None
     """Evaluate on at most this many test images (tiny runs); None uses all."""
     probe_images: str = "data/fashion_mnist/train/train-images-idx3-ubyte.gz"

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from clipcore.config import PipelineConfig
 from clipcore.evaluation import evaluate_model, top_confusions
 from clipcore.fashion_mnist import read_idx
+from clipcore.labeled_sets import load_csv_set, load_idx_set, load_image_folder
 from clipcore.model import load_checkpoint
 from clipcore.shards import load_samples
 from clipcore.zero_shot import load_class_names, load_lines
@@ -21,14 +22,15 @@ from clipcore.zero_shot import load_class_names, load_lines
 TOP_K_EXAMPLES = 5
 
 
-def load_test_set(cfg: PipelineConfig) -> tuple[torch.Tensor, np.ndarray]:
-    """(N, H, W) uint8 test images and (N,) labels, at most `eval.max_test_images`."""
-    images = read_idx(cfg.eval.test_images)
-    labels = read_idx(cfg.eval.test_labels)
-    if len(images) != len(labels):
-        raise ValueError(f"{cfg.eval.test_images}: {len(images)} images but {len(labels)} labels")
-    n = cfg.eval.max_test_images or len(images)
-    return torch.from_numpy(images[:n].copy()), labels[:n].astype(np.int64)
+def load_test_set(cfg: PipelineConfig) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Test images (uint8), labels and class names: eval.labeled_set (ImageFolder or csv) or the IDX files."""
+    e, m = cfg.eval, cfg.model
+    if e.labeled_set and Path(e.labeled_set).is_dir():
+        return load_image_folder(e.labeled_set, m.image_size, m.channels, e.max_test_images)
+    names = load_class_names(e.class_names)
+    if e.labeled_set:
+        return load_csv_set(e.labeled_set, m.image_size, m.channels, names, e.max_test_images)
+    return (*load_idx_set(e.test_images, e.test_labels, e.max_test_images), names)
 
 
 def load_holdout(clip_model: dict, cfg: PipelineConfig) -> tuple[list[str], torch.Tensor, list[str]]:
@@ -42,8 +44,7 @@ def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_pat
     """Evaluate the checkpoint; write metrics.json and details.json; log both to the training run."""
     model, tokenizer = load_checkpoint(clip_model["checkpoint"])
     templates = load_lines(str(Path(clip_model["checkpoint"]) / "templates.txt"))
-    class_names = load_class_names("fashion_mnist")
-    test_images, test_labels = load_test_set(cfg)
+    test_images, test_labels, class_names = load_test_set(cfg)
     uids, holdout_images, holdout_captions = load_holdout(clip_model, cfg)
     probe = None
     if cfg.eval.probe_size > 0:

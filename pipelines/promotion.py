@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from clipcore.config import PipelineConfig
 from clipcore.evaluation import embed_images, embed_texts
 from clipcore.model import load_checkpoint
-from clipcore.zero_shot import build_zero_shot_classifier, classification_metrics, load_class_names, load_lines
+from clipcore.zero_shot import build_zero_shot_classifier, classification_metrics, load_lines
 from pipelines.evaluate_stage import load_test_set
 from pipelines.tracking import CHAMPION
 
@@ -24,8 +24,7 @@ def zero_shot_on_test_set(checkpoint: str | Path, cfg: PipelineConfig) -> dict[s
     """A checkpoint's zero-shot metrics on the configured test set, with its own stored prompt templates."""
     model, tokenizer = load_checkpoint(checkpoint)
     templates = load_lines(str(Path(checkpoint) / "templates.txt"))
-    classes = load_class_names("fashion_mnist")
-    images, labels = load_test_set(cfg)
+    images, labels, classes = load_test_set(cfg)
     classifier = build_zero_shot_classifier(lambda t: embed_texts(model, tokenizer, t), classes, templates)
     scores = (embed_images(model, images, cfg.eval.batch_size) @ classifier.T).numpy()
     metrics = classification_metrics(scores, labels, len(classes))

@@ -11,9 +11,9 @@ import polars as pl
 import yaml
 
 from clipcore.config import PipelineConfig, flatten
-from clipcore.fashion_mnist import read_idx
 from clipcore.report import ReportInputs, render_report, render_summary
 from clipcore.shards import load_samples
+from pipelines.evaluate_stage import load_test_set
 
 
 def lineage() -> dict[str, str]:
@@ -65,7 +65,7 @@ def comparison_rows(decision: dict) -> list[dict]:
 
 def confused_examples(details: dict, cfg: PipelineConfig) -> list[dict]:
     """The most confused class pairs with a few of the test images behind each."""
-    images = read_idx(cfg.eval.test_images)
+    images = load_test_set(cfg)[0].numpy()  # (N, C, S, S) or (N, S, S) uint8
     return [{**pair, "images": [images[i] for i in pair["examples"]]} for pair in details.get("confused_pairs", [])]
 
 

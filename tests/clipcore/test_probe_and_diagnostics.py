@@ -35,3 +35,29 @@ def test_margin_diagnostics_by_hand():
 def test_top_confusions_ignores_the_diagonal():
     confusion = [[50, 3, 9], [1, 40, 0], [7, 2, 60]]
     assert top_confusions(confusion, 2) == [(0, 2, 9), (2, 0, 7)]
+
+
+def test_labeled_sets_from_image_folder_and_csv(tmp_path):
+    from PIL import Image
+
+    from clipcore.labeled_sets import load_csv_set, load_image_folder
+
+    rows = ["path,label"]
+    for label, value in (("bag", 30), ("coat", 200)):
+        (tmp_path / "tree" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 30), (value, value, value)).save(tmp_path / "tree" / label / f"{i}.png")
+            rows.append(f"tree/{label}/{i}.png,{label}")
+    images, labels, classes = load_image_folder(tmp_path / "tree", 28, 1)
+    assert images.shape == (4, 1, 28, 28) and classes == ["bag", "coat"] and labels.tolist() == [0, 0, 1, 1]
+    assert abs(images[0].float().mean() - 30) <= 1 and abs(images[3].float().mean() - 200) <= 1  # luma rounding
+    (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
+    images, labels, classes = load_csv_set(tmp_path / "set.csv", 28, 1, ["coat", "bag"])
+    assert labels.tolist() == [1, 1, 0, 0] and classes == ["coat", "bag"]
+
+
+def test_imagenet_templates_are_shipped():
+    from clipcore.zero_shot import load_templates
+
+    templates = load_templates("imagenet")
+    assert len(templates) == 80 and "a bad photo of a {}." in templates
