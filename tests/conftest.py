@@ -32,7 +32,8 @@ ingest: {{input: {data}/captions.csv, url_col: path, local_paths: true, encode_f
          processes: 1, threads: 2}}
 train: {{epochs: 8, batch_size: 64, lr: 0.003, holdout_size: 100, warmup_steps: 10, log_every: 2}}
 eval: {{test_images: {data}/test/t10k-images-idx3-ubyte.gz, test_labels: {data}/test/t10k-labels-idx1-ubyte.gz,
-        max_test_images: 300}}
+        max_test_images: 300, probe_images: {data}/train/train-images-idx3-ubyte.gz,
+        probe_labels: {data}/train/train-labels-idx1-ubyte.gz, probe_size: 500}}
 """
 
 
