@@ -204,6 +204,8 @@ class TrainConfig:
     """`auto` (CUDA if present), `cpu` or `cuda`."""
     log_every: int = 10
     """Steps between metric records."""
+    checkpoint_every: int = 0
+    """Steps between resumable training-state checkpoints (model, optimizer, schedule, RNG, data position); 0: off."""
 
 
 @dataclass

@@ -47,11 +47,15 @@ def run_pretraining(
     config: PipelineConfig,
     on_log: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    resume: bool = False,
+    extra_state: dict | None = None,
 ) -> PretrainOutput:
     """Train a CLIP model on the kept rows and write checkpoint/, holdout.parquet and history.json.
 
-    Under torchrun every process runs this: each loads the rows, process 0 trains the tokenizer and the others
-    load it (so all share one vocabulary), training is data-parallel, and only process 0 writes files.
+    With `train.checkpoint_every`, `output_dir/train_state.pt` is kept current and `resume=True` continues from
+    it (reusing the tokenizer already in `output_dir`). Under torchrun every process runs this: each loads the
+    rows, process 0 trains the tokenizer and the others load it (so all share one vocabulary), training is
+    data-parallel, and only process 0 writes files.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +68,7 @@ def run_pretraining(
     uids, images, captions = load_samples(shards, train_rows["uid"].to_list(), config.model.image_size,
                                           config.model.channels, progress=progress and rank == 0)
     tokenizer_path = output_dir / "tokenizer.json"
-    if rank == 0:
+    if rank == 0 and not (resume and tokenizer_path.exists()):
         holdout.write_parquet(output_dir / "holdout.parquet")
         train_tokenizer(captions, config.model.vocab_size, config.model.context_length).save(str(tokenizer_path))
     barrier()
@@ -74,7 +78,8 @@ def run_pretraining(
     if config.loss.name == "siglip":  # SigLIP's init: t = 10, b = -10
         model_config, bias_init = dataclasses.replace(model_config, logit_scale_init=10.0), -10.0
     model = build_model(model_config, tokenizer, logit_bias_init=bias_init)
-    result = train_clip(model, images, tokens, config.train, config.loss, on_log=on_log, progress=progress)
+    result = train_clip(model, images, tokens, config.train, config.loss, on_log=on_log, progress=progress,
+                        state_path=output_dir / "train_state.pt", resume=resume, extra_state=extra_state)
     checkpoint, history_path = output_dir / "checkpoint", output_dir / "history.json"
     if rank == 0:
         save_checkpoint(checkpoint, model.cpu(), tokenizer)

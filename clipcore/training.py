@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -30,6 +32,7 @@ class TrainResult:
     seconds: float = 0.0
     data_wait_seconds: float = 0.0
     device: str = "cpu"
+    extra_state: dict = field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:
@@ -79,6 +82,35 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
+def save_training_state(path: str | Path, next_step: int, order: torch.Tensor, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, scheduler, generator: torch.Generator,
+                        result: TrainResult, extra: dict) -> None:
+    """Everything a resumed run needs, written to a temporary file and renamed (a crash never leaves half a file).
+    Plain tensors and containers only, so it loads with `torch.load(weights_only=True)`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"next_step": next_step, "order": order, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state(), "history": result.history, "extra": extra}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                        generator: torch.Generator, result: TrainResult) -> tuple[int, torch.Tensor]:
+    """Restore what `save_training_state` wrote; returns (the step to run next, the epoch's row order)."""
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    result.history = list(state["history"])
+    result.extra_state = dict(state["extra"])
+    return int(state["next_step"]), state["order"]
+
+
 def train_clip(
     model: ClipModel,
     images: torch.Tensor,  # (N, H, W) uint8
@@ -87,11 +119,18 @@ def train_clip(
     loss: LossConfig,
     on_log: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    extra_state: dict | None = None,
 ) -> TrainResult:
     """Train `model` in place on aligned (image, caption) rows with the configured objective.
 
-    `on_log` receives {step, epoch, loss, lr, temperature, logit_scale} every `train.log_every` steps
+    `on_log` receives {step, epoch, loss, lr, temperature, logit_scale, diagnostics} every `train.log_every` steps
     (and on the last step); the same records are returned in `TrainResult.history`.
+
+    With `state_path` and `train.checkpoint_every`, the whole training state is written there atomically every
+    that many steps; `resume=True` continues from it, giving on the CPU bitwise the weights of an uninterrupted
+    run. `extra_state` (e.g. the MLflow run id) is stored beside it and comes back in `TrainResult.extra_state`.
     """
     if len(images) != len(tokens):
         raise ValueError(f"{len(images)} images but {len(tokens)} captions")
@@ -118,9 +157,14 @@ def train_clip(
     generator = torch.Generator().manual_seed(train.seed)  # same order on every process
     result = TrainResult(device=str(device))
     order = torch.empty(0, dtype=torch.long)
+    first_step = 0
+    if resume:
+        if state_path is None or not Path(state_path).exists():
+            raise FileNotFoundError(f"cannot resume: no training state at {state_path}")
+        first_step, order = load_training_state(state_path, model, optimizer, scheduler, generator, result)
     start = time.perf_counter()
-    bar = tqdm(range(total), desc=f"pretrain ({loss.name}, {device.type} x{world})", unit="step",
-               disable=not progress or rank > 0)
+    bar = tqdm(range(first_step, total), initial=first_step, total=total, unit="step",
+               desc=f"pretrain ({loss.name}, {device.type} x{world})", disable=not progress or rank > 0)
     for step in bar:
         fetch = time.perf_counter()
         offset = (step % steps_per_epoch) * train.batch_size
@@ -150,7 +194,10 @@ def train_clip(
             bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
             if on_log and rank == 0:
                 on_log(record)
-    result.steps, result.samples = total, total * train.batch_size
+        if state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and rank == 0:
+            save_training_state(state_path, step + 1, order, model, optimizer, scheduler, generator, result,
+                                extra_state or {})
+    result.steps, result.samples = total - first_step, (total - first_step) * train.batch_size
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

@@ -115,7 +115,7 @@ def train(args: argparse.Namespace) -> None:
     from clipcore.pretrain import run_pretraining
 
     config = load_params(args.params, args.overrides)
-    out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config)
+    out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config, resume=args.resume)
     if rank_and_world()[0] == 0:
         r = out.result
         print(json.dumps({"checkpoint": str(out.checkpoint_dir), "train_rows": out.train_rows, "steps": r.steps,
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kept", default="outputs/filtered_captions/kept.parquet", help="kept rows (default: %(default)s)")
     p.add_argument("--shards", default="outputs/caption_shards", help="ingest folder (default: %(default)s)")
     p.add_argument("--output-dir", default="outputs/train", help="checkpoint folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT_DIR/train_state.pt (written every train.checkpoint_every steps)")
     p = sub.add_parser("predict", help="classify image files with a registered model")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", default="models:/clip@champion", help="model URI (default: %(default)s)")

@@ -60,3 +60,42 @@ def test_training_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="captions"):
         train_clip(model, torch.zeros(10, 28, 28, dtype=torch.uint8), tokenize(tok, ["x"] * 9), TrainConfig(),
                    LossConfig(), progress=False)
+
+
+def test_kill_and_resume_is_bitwise_identical(tmp_path):
+    """Stop after 7 of 16 steps (state saved every 7), resume in a fresh model and optimizer: the final weights
+    equal an uninterrupted run's bit for bit, and the state loads with weights_only=True."""
+    labels = torch.arange(128) % 2
+    images = (labels[:, None, None] * 200 + torch.randint(0, 50, (128, 28, 28), generator=torch.Generator()
+                                                           .manual_seed(3))).to(torch.uint8)
+    captions = ["a photo of a coat" if y else "a photo of a bag" for y in labels.tolist()]
+
+    def fresh():
+        torch.manual_seed(0)
+        return tiny_model()
+
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=3, log_every=1, checkpoint_every=7)
+    model, tok = fresh()
+    tokens = tokenize(tok, captions)
+    full = train_clip(model, images, tokens, cfg, LossConfig(), progress=False)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_9(record):
+        if record["step"] == 9:  # mid-way between checkpoints: steps 7 and 8 are lost work
+            raise Killed
+
+    state = tmp_path / "state.pt"
+    model, _ = fresh()
+    with pytest.raises(Killed):
+        train_clip(model, images, tokens, cfg, LossConfig(), on_log=kill_at_step_9, progress=False,
+                   state_path=state, extra_state={"mlflow_run_id": "abc123"})
+    assert torch.load(state, weights_only=True)["next_step"] == 7
+    model, _ = fresh()
+    resumed = train_clip(model, images, tokens, cfg, LossConfig(), progress=False, state_path=state, resume=True)
+    assert resumed.steps == 16 - 7 and resumed.extra_state == {"mlflow_run_id": "abc123"}
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
