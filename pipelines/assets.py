@@ -6,17 +6,17 @@ from pathlib import Path
 
 import mlflow
 import polars as pl
-from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, Output, PipesSubprocessClient, asset
 from pydantic import Field
 
 from clipcore.config import flatten
 from clipcore.ingest import ingest, read_manifest
-from clipcore.pretrain import run_pretraining
 from clipcore.report import plot_funnel
 from pipelines.evaluate_stage import run_evaluation
 from pipelines.filter_stage import run_filter, sample_rows
 from pipelines.io import markdown_table
 from pipelines.partitions import ingest_shards
+from pipelines.pretrain_stage import torchrun_command, train_in_process, train_through_pipes
 from pipelines.report_stage import build_report
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import log_and_register
@@ -77,37 +77,55 @@ def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipel
     })
 
 
+class PretrainConfig(StageConfig):
+    """Overrides plus where training runs."""
+
+    launcher: str = Field(default="in_process", description="`in_process`, or `torchrun`: an external torchrun "
+                          "launched through Dagster Pipes, streaming logs and metrics back")
+    nproc_per_node: int = Field(default=2, description="torchrun processes per node")
+    nnodes: int = Field(default=1, description="torchrun nodes (more than 1 needs a rendezvous endpoint)")
+
+
 @asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
-def clip_model(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
-               mlflow_store: MLflowResource, filtered_captions: dict) -> Output[dict]:
+def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline: PipelineResource,
+               mlflow_store: MLflowResource, pipes_subprocess_client: PipesSubprocessClient,
+               filtered_captions: dict) -> Output[dict]:
     """A CLIP model trained on the kept rows, checkpointed as safetensors, logged and registered in MLflow."""
     cfg = pipeline.load_config(config.overrides)
     out = pipeline.stage_dir("clip_model")
     mlflow_store.setup(cfg.registry.experiment)
-    kept = pl.read_parquet(filtered_captions["kept"])
+    shard_root = filtered_captions["shard_root"]
+
+    def on_log(record: dict) -> None:
+        mlflow.log_metrics({k: record[k] for k in ("loss", "lr", "temperature", "epoch", "margin") if k in record},
+                           step=int(record["step"]))
+
     with mlflow.start_run(run_name=f"pretrain-{cfg.loss.name}", log_system_metrics=True) as run:
         mlflow.log_params(flatten(cfg))
-        mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain"})
-        trained = run_pretraining(
-            kept, filtered_captions["shard_root"], out, cfg,
-            on_log=lambda r: mlflow.log_metrics({k: r[k] for k in ("loss", "lr", "temperature", "epoch")},
-                                                step=int(r["step"])),
-        )
-        result = trained.result
-        mlflow.log_metrics({"train_samples_per_second": result.samples_per_second, "train_rows": trained.train_rows,
-                            "train_seconds": result.seconds,
-                            "data_wait_share": result.data_wait_seconds / max(result.seconds, 1e-9)})
-        model_uri, version = log_and_register(trained.checkpoint_dir, cfg.registry.model_name)
-    value = {"dir": str(out), "checkpoint": str(trained.checkpoint_dir), "holdout": str(trained.holdout_path),
-             "history": str(trained.history_path), "shard_root": filtered_captions["shard_root"],
+        mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
+        if config.launcher == "torchrun":
+            command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions["kept"], shard_root,
+                                       out, config.nproc_per_node, config.nnodes)
+            summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
+        elif config.launcher == "in_process":
+            summary, history = train_in_process(filtered_captions["kept"], shard_root, out, cfg, on_log)
+        else:
+            raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
+        mlflow.log_metrics({"train_samples_per_second": summary["samples_per_second"],
+                            "train_rows": summary["train_rows"], "train_seconds": summary["seconds"],
+                            "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9)})
+        model_uri, version = log_and_register(out / "checkpoint", cfg.registry.model_name)
+    value = {"dir": str(out), "checkpoint": str(out / "checkpoint"), "holdout": str(out / "holdout.parquet"),
+             "history": str(out / "history.json"), "shard_root": shard_root,
              "run_id": run.info.run_id, "model_name": cfg.registry.model_name, "model_version": version,
              "model_uri": model_uri, "loss": cfg.loss.name}
-    history = result.history
     return Output(value, metadata={
         "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
-        "loss_name": cfg.loss.name, "train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows,
-        "steps": result.steps, "device": result.device, "train_seconds": round(result.seconds, 1),
-        "samples_per_second": round(result.samples_per_second, 1),
+        "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
+        "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
+        "device": summary["device"], "train_seconds": round(summary["seconds"], 1),
+        "samples_per_second": round(summary["samples_per_second"], 1),
+        "streamed_records": summary.get("streamed_records", len(history)),
         "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
         "final_temperature": history[-1]["temperature"],
         "config": MetadataValue.json({k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "loss", "train")}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, define_asset_job
+from dagster import Definitions, PipesSubprocessClient, define_asset_job
 
 from pipelines.assets import ASSETS
 from pipelines.checks import CHECKS
@@ -18,6 +18,7 @@ def build_resources(params_path: str = "params.yaml", outputs_dir: str = "output
         "pipeline": PipelineResource(params_path=params_path, outputs_dir=outputs_dir),
         "mlflow_store": MLflowResource(tracking_uri=tracking_uri, artifact_root=artifact_root),
         "io_manager": JsonIOManager(outputs_dir=outputs_dir),
+        "pipes_subprocess_client": PipesSubprocessClient(),
     }
 
 

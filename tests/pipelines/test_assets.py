@@ -117,3 +117,22 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     run_data = client.get_run(champion.run_id).data
     assert "loss" in run_data.metrics and run_data.params["loss.name"] == "clip"
     assert [m.step for m in client.get_metric_history(champion.run_id, "loss")][:2] == [0, 2]
+
+
+def test_pretrain_through_pipes_with_two_torchrun_processes(env):
+    """launcher=torchrun: an external 2-process torchrun under Dagster Pipes streams logs and metrics back."""
+    from dagster import materialize
+
+    from pipelines.checks import CHECKS
+
+    run(env, ["caption_shards", "filtered_captions"])
+    config = {"ops": {"clip_model": {"config": {"overrides": ["train.epochs=2"], "launcher": "torchrun",
+                                                "nproc_per_node": 2}}}}
+    result = materialize([*ASSETS, *CHECKS], selection=["clip_model"], instance=env["instance"],
+                         resources=env["resources"], run_config=config)
+    meta = result.asset_materializations_for_node("clip_model")[0].metadata
+    assert meta["launcher"].value == "torchrun x2" and meta["streamed_records"].value > 3
+    logs = [e.message for e in env["instance"].all_logs(result.run_id) if e.user_message]
+    assert any("trained" in m and "2 processes" in m for m in logs)  # a log line streamed from the external rank 0
+    history = MlflowClient(env["uri"]).get_metric_history(meta["mlflow_run_id"].value, "loss")
+    assert len(history) == meta["streamed_records"].value  # streamed metric records reached MLflow

@@ -1,0 +1,56 @@
+"""Pretraining as an external process, launched by Dagster Pipes under torchrun:
+
+    python -m torch.distributed.run --nproc-per-node N -m pipelines.pipes_train --kept K --shards S --output-dir O
+
+Every process trains (data-parallel); process 0 streams its log lines and metric records back to the Dagster
+run through Pipes and writes the checkpoint, history.json and train_summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import polars as pl
+from dagster_pipes import open_dagster_pipes
+
+from clipcore.config import load_params
+from clipcore.pretrain import run_pretraining
+
+METRICS = ("loss", "lr", "temperature", "margin", "epoch")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--kept", required=True)
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--output-dir", required=True)
+    args = parser.parse_args()
+    rank = int(os.environ.get("RANK", "0"))
+    with open_dagster_pipes() if rank == 0 else nullcontext() as pipes:
+        config = load_params(args.params, args.overrides)
+
+        def on_log(record: dict) -> None:
+            pipes.log.info("step {step}: loss {loss:.4f}, T {temperature:.4f}".format(**record))
+            pipes.report_custom_message({"step": int(record["step"]), **{k: record[k] for k in METRICS}})
+
+        out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config,
+                              on_log=on_log if pipes else None, progress=False)
+        if pipes:
+            r = out.result
+            summary = {"train_rows": out.train_rows, "holdout_rows": out.holdout_rows, "steps": r.steps,
+                       "seconds": r.seconds, "samples_per_second": r.samples_per_second,
+                       "data_wait_seconds": r.data_wait_seconds, "device": r.device,
+                       "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+            (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary))
+            pipes.log.info(f"trained {r.steps} steps on {summary['processes']} processes, "
+                           f"{r.samples_per_second:.1f} samples/s")
+
+
+if __name__ == "__main__":
+    main()

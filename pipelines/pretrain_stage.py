@@ -1,0 +1,53 @@
+"""The pretrain stage's two launchers: in this process, or torchrun as an external process through Dagster Pipes
+(logs and metric records stream back into the Dagster run; the same launch works on a cluster with the
+dagster-k8s Pipes client or an sbatch wrapper around the same command)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, PipesSubprocessClient
+
+from clipcore.config import PipelineConfig
+from clipcore.pretrain import run_pretraining
+
+
+def train_in_process(kept_path: str, shard_root: str, out: Path, cfg: PipelineConfig,
+                     on_log: Callable[[dict], None]) -> tuple[dict, list[dict]]:
+    """run_pretraining here; returns (summary, history)."""
+    trained = run_pretraining(pl.read_parquet(kept_path), shard_root, out, cfg, on_log=on_log)
+    r = trained.result
+    summary = {"train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows, "steps": r.steps,
+               "seconds": r.seconds, "samples_per_second": r.samples_per_second,
+               "data_wait_seconds": r.data_wait_seconds, "device": r.device, "processes": 1}
+    return summary, r.history
+
+
+def torchrun_command(params_path: str, overrides: list[str], kept_path: str, shard_root: str, out: Path,
+                     nproc_per_node: int, nnodes: int) -> list[str]:
+    """The torchrun command line of pipelines.pipes_train (single node: a local rendezvous)."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
+               f"--nnodes={nnodes}"]
+    if nnodes == 1:
+        command.append("--standalone")
+    command += ["-m", "pipelines.pipes_train", "--params", params_path, "--kept", kept_path, "--shards", shard_root,
+                "--output-dir", str(out)]
+    for item in overrides:
+        command += ["--set", item]
+    return command
+
+
+def train_through_pipes(context: AssetExecutionContext, client: PipesSubprocessClient, command: list[str],
+                        out: Path, on_log: Callable[[dict], None]) -> tuple[dict, list[dict]]:
+    """Run the torchrun command through Pipes; replay the streamed metric records into `on_log`."""
+    invocation = client.run(context=context, command=command)
+    records = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "step" in m]
+    for record in records:
+        on_log(record)
+    summary = json.loads((out / "train_summary.json").read_text())
+    summary["streamed_records"] = len(records)
+    return summary, json.loads((out / "history.json").read_text())
