@@ -204,6 +204,9 @@ class TrainConfig:
     """`auto` (CUDA if present), `cpu` or `cuda`."""
     log_every: int = 10
     """Steps between metric records."""
+    peak_tflops: float | None = None
+    """The accelerator's peak TFLOP/s at the training precision, for the MFU estimate (e.g. 989 for an H100 in bf16);
+    None logs achieved TFLOP/s only."""
     checkpoint_every: int = 0
     """Steps between resumable training-state checkpoints (model, optimizer, schedule, RNG, data position); 0: off."""
 

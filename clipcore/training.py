@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from clipcore.config import LossConfig, TrainConfig
@@ -33,10 +35,30 @@ class TrainResult:
     data_wait_seconds: float = 0.0
     device: str = "cpu"
     extra_state: dict = field(default_factory=dict)
+    flops_per_sample: float = 0.0  # forward + backward, counted on the first step
+    peak_memory_bytes: int = 0  # this process: CUDA max allocated, or CPU peak resident set
+    peak_tflops: float | None = None
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / max(self.seconds, 1e-9)
+
+    @property
+    def achieved_tflops(self) -> float:
+        """Model FLOP/s actually sustained by this process (its share of each global batch)."""
+        return self.flops_per_sample * self.samples_per_second / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilization against `train.peak_tflops` (None when no peak is configured)."""
+        return self.achieved_tflops / self.peak_tflops if self.peak_tflops else None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: CUDA's max allocated bytes, or the CPU's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,11 +196,16 @@ def train_clip(
         pixels = normalize_uint8(images[index]).to(device, non_blocking=True)  # (B, C, H, W)
         ids = tokens[index].to(device, non_blocking=True)  # (B, L)
         result.data_wait_seconds += time.perf_counter() - fetch
-        with autocast:
-            image_emb, text_emb = forward(pixels, ids)  # (B, D) each
-            value = compute_loss(model, image_emb.float(), text_emb.float(), loss)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        # the first step counts its FLOPs (forward + backward) for the throughput and MFU estimates
+        counter = FlopCounterMode(display=False) if step == first_step else nullcontext()
+        with counter:
+            with autocast:
+                image_emb, text_emb = forward(pixels, ids)  # (B, D) each
+                value = compute_loss(model, image_emb.float(), text_emb.float(), loss)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+        if step == first_step:
+            result.flops_per_sample = counter.get_total_flops() / local
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         optimizer.step()
         scheduler.step()
@@ -198,6 +225,8 @@ def train_clip(
             save_training_state(state_path, step + 1, order, model, optimizer, scheduler, generator, result,
                                 extra_state or {})
     result.steps, result.samples = total - first_step, (total - first_step) * train.batch_size
+    result.peak_memory_bytes = peak_memory_bytes(device)
+    result.peak_tflops = train.peak_tflops
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

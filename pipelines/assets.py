@@ -113,7 +113,11 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
             raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
         mlflow.log_metrics({"train_samples_per_second": summary["samples_per_second"],
                             "train_rows": summary["train_rows"], "train_seconds": summary["seconds"],
-                            "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9)})
+                            "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9),
+                            "flops_per_sample": summary["flops_per_sample"],
+                            "achieved_tflops": summary["achieved_tflops"],
+                            "peak_memory_mb": summary["peak_memory_mb"],
+                            **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {})})
         model_uri, version = log_and_register(out / "checkpoint", cfg.registry.model_name)
     value = {"dir": str(out), "checkpoint": str(out / "checkpoint"), "holdout": str(out / "holdout.parquet"),
              "history": str(out / "history.json"), "shard_root": shard_root,
@@ -125,6 +129,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
         "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
         "device": summary["device"], "train_seconds": round(summary["seconds"], 1),
         "samples_per_second": round(summary["samples_per_second"], 1),
+        "achieved_tflops": round(summary["achieved_tflops"], 4), "peak_memory_mb": round(summary["peak_memory_mb"]),
         "streamed_records": summary.get("streamed_records", len(history)),
         "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
         "final_temperature": history[-1]["temperature"],

@@ -19,6 +19,7 @@ from dagster_pipes import open_dagster_pipes
 
 from clipcore.config import load_params
 from clipcore.pretrain import run_pretraining
+from pipelines.pretrain_stage import run_summary
 
 METRICS = ("loss", "lr", "temperature", "margin", "epoch")
 
@@ -43,10 +44,7 @@ def main() -> None:
                               on_log=on_log if pipes else None, progress=False)
         if pipes:
             r = out.result
-            summary = {"train_rows": out.train_rows, "holdout_rows": out.holdout_rows, "steps": r.steps,
-                       "seconds": r.seconds, "samples_per_second": r.samples_per_second,
-                       "data_wait_seconds": r.data_wait_seconds, "device": r.device,
-                       "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+            summary = run_summary(out, int(os.environ.get("WORLD_SIZE", "1")))
             (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary))
             pipes.log.info(f"trained {r.steps} steps on {summary['processes']} processes, "
                            f"{r.samples_per_second:.1f} samples/s")

@@ -20,11 +20,17 @@ def train_in_process(kept_path: str, shard_root: str, out: Path, cfg: PipelineCo
                      on_log: Callable[[dict], None]) -> tuple[dict, list[dict]]:
     """run_pretraining here; returns (summary, history)."""
     trained = run_pretraining(pl.read_parquet(kept_path), shard_root, out, cfg, on_log=on_log)
+    return run_summary(trained, 1), trained.result.history
+
+
+def run_summary(trained, processes: int) -> dict:
+    """The numbers of a finished training that the asset logs and shows (shared with pipelines.pipes_train)."""
     r = trained.result
-    summary = {"train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows, "steps": r.steps,
-               "seconds": r.seconds, "samples_per_second": r.samples_per_second,
-               "data_wait_seconds": r.data_wait_seconds, "device": r.device, "processes": 1}
-    return summary, r.history
+    return {"train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows, "steps": r.steps,
+            "seconds": r.seconds, "samples_per_second": r.samples_per_second,
+            "data_wait_seconds": r.data_wait_seconds, "device": r.device, "processes": processes,
+            "flops_per_sample": r.flops_per_sample, "achieved_tflops": r.achieved_tflops, "mfu": r.mfu,
+            "peak_memory_mb": r.peak_memory_bytes / 2**20}
 
 
 def torchrun_command(params_path: str, overrides: list[str], kept_path: str, shard_root: str, out: Path,

@@ -99,3 +99,20 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+def test_flops_counted_per_sample_and_peak_memory():
+    """The counted FLOPs per sample of a train step are about 3x a forward pass's (backward costs ~2 forwards)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, tok = tiny_model()
+    images = torch.randint(0, 255, (64, 28, 28), dtype=torch.uint8)
+    tokens = tokenize(tok, ["a photo of a coat"] * 64)
+    result = train_clip(model, images, tokens, TrainConfig(epochs=1, batch_size=32, peak_tflops=1.0), LossConfig(),
+                        progress=False)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model((images[:32, None].float() / 255 - 0.5) / 0.5, tokens[:32])
+    forward_per_sample = counter.get_total_flops() / 32
+    assert 2.5 < result.flops_per_sample / forward_per_sample < 3.5
+    assert result.mfu == pytest.approx(result.achieved_tflops / 1.0) and result.achieved_tflops > 0
+    assert result.peak_memory_bytes > 100 * 2**20  # at least the Python + torch process
