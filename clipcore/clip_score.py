@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from clipcore.shards import IMAGE_KEYS, every_shard
+from clipcore.shards import iter_samples
 
 ImageEmbedder = Callable[[list[bytes]], np.ndarray]
 TextEmbedder = Callable[[list[str]], np.ndarray]
@@ -20,16 +19,7 @@ TextEmbedder = Callable[[list[str]], np.ndarray]
 
 def read_image_bytes(shards: Iterable[str | Path], uids: Iterable[str]) -> dict[str, bytes]:
     """The stored image bytes of the samples whose key is in `uids`."""
-    wanted = set(uids)
-    found = {}
-    for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
-                                     nodesplitter=every_shard):
-        if sample["__key__"] in wanted:
-            found[sample["__key__"]] = sample[next(k for k in IMAGE_KEYS if k in sample)]
-    missing = wanted - set(found)
-    if missing:
-        raise ValueError(f"{len(missing)} samples are not in the shards, e.g. {sorted(missing)[:3]}")
-    return found
+    return {key: payload for key, payload, _ in iter_samples(shards, uids)}
 
 
 def cosine_scores(embed_images: ImageEmbedder, embed_texts: TextEmbedder, images: list[bytes], captions: list[str],

@@ -32,6 +32,16 @@ def embed_texts(model: ClipModel, tokenizer: Tokenizer, texts: list[str], batch_
     return torch.cat(chunks)
 
 
+def zero_shot(model: ClipModel, tokenizer: Tokenizer, images: torch.Tensor, labels: np.ndarray,
+              class_names: list[str], templates: list[str], batch_size: int = 1000) -> tuple[dict, torch.Tensor]:
+    """Prompt-ensembled zero-shot classification: (classification_metrics's dict, (N, D) image embeddings)."""
+    classifier = build_zero_shot_classifier(
+        lambda texts: embed_texts(model, tokenizer, texts), class_names, templates
+    )  # (C, D)
+    image_emb = embed_images(model, images, batch_size)  # (N, D)
+    return classification_metrics((image_emb @ classifier.T).numpy(), labels, len(class_names)), image_emb
+
+
 def top_confusions(confusion: list[list[int]], k: int = 3) -> list[tuple[int, int, int]]:
     """The k most frequent (true, predicted, count) off-diagonal cells of a confusion matrix."""
     matrix = np.asarray(confusion).copy()
@@ -73,18 +83,14 @@ def evaluate_model(
         {"metrics": flat dict of floats (the keys of outputs/metrics.json), "per_class_accuracy",
          "confusion", "predictions", "retrieval_similarity"} -- the latter for reports.
     """
-    classifier = build_zero_shot_classifier(
-        lambda texts: embed_texts(model, tokenizer, texts), class_names, templates
-    )  # (C, D)
-    image_emb = embed_images(model, test_images, batch_size)  # (N, D)
-    zero_shot = classification_metrics((image_emb @ classifier.T).numpy(), test_labels, len(class_names))
+    classes, image_emb = zero_shot(model, tokenizer, test_images, test_labels, class_names, templates, batch_size)
     pair_images = embed_images(model, holdout_images, batch_size)  # (M, D)
     pair_texts = embed_texts(model, tokenizer, holdout_captions)  # (M, D)
     retrieval = retrieval_metrics(pair_images.numpy(), pair_texts.numpy(), np.arange(len(pair_texts)))
     metrics = {
-        "zero_shot_top1": zero_shot["top1"],
-        "zero_shot_top5": zero_shot["top5"],
-        "zero_shot_mean_per_class_recall": zero_shot["mean_per_class_recall"],
+        "zero_shot_top1": classes["top1"],
+        "zero_shot_top5": classes["top5"],
+        "zero_shot_mean_per_class_recall": classes["mean_per_class_recall"],
         **{f"retrieval_{k}": v for k, v in retrieval.items()},
         **margin_diagnostics(pair_images, pair_texts),
         "temperature": float(1 / model.scale().detach()),
@@ -94,8 +100,8 @@ def evaluate_model(
         metrics.update(linear_probe(probe_emb.numpy(), probe[1], image_emb.numpy(), np.asarray(test_labels)))
     return {
         "metrics": metrics,
-        "per_class_accuracy": zero_shot["per_class_accuracy"],
-        "confusion": zero_shot["confusion"],
-        "predictions": zero_shot["predictions"],
+        "per_class_accuracy": classes["per_class_accuracy"],
+        "confusion": classes["confusion"],
+        "predictions": classes["predictions"],
         "retrieval_similarity": (pair_images @ pair_texts.T).numpy(),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -22,6 +22,23 @@ def every_shard(urls):
     return urls
 
 
+def iter_samples(shards: Iterable[str | Path], uids: Iterable[str]) -> Iterator[tuple[str, bytes, str]]:
+    """(key, stored image bytes, caption) of every sample whose key is in `uids`, in shard order; raises
+    ValueError at the end if any requested key was not found."""
+    wanted = set(uids)
+    found = set()
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
+                             nodesplitter=every_shard)
+    for sample in dataset:
+        key = sample["__key__"]
+        if key in wanted:
+            found.add(key)
+            yield key, sample[next(k for k in IMAGE_KEYS if k in sample)], sample["txt"].decode("utf-8")
+    missing = sorted(wanted - found)
+    if missing:
+        raise ValueError(f"{len(missing)} requested samples are not in the shards, e.g. {missing[:3]}")
+
+
 def load_samples(shards: Iterable[str | Path], uids: Iterable[str], image_size: int, channels: int,
                  progress: bool = True) -> tuple[list[str], torch.Tensor, list[str]]:
     """Load the samples whose key is in `uids`, resized to `image_size`.
@@ -33,17 +50,10 @@ def load_samples(shards: Iterable[str | Path], uids: Iterable[str], image_size: 
     resize = build_resize(image_size, channels)
     images: list[torch.Tensor | None] = [None] * len(wanted)
     captions: list[str | None] = [None] * len(wanted)
-    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
-                                  nodesplitter=every_shard)
-    for sample in tqdm(dataset, desc="loading shards", unit="img", disable=not progress, total=len(wanted)):
-        index = wanted.get(sample["__key__"])
-        if index is None:
-            continue
-        key = next(k for k in IMAGE_KEYS if k in sample)
-        with Image.open(io.BytesIO(sample[key])) as image:
-            images[index] = resize(image)
-        captions[index] = sample["txt"].decode("utf-8")
-    missing = [u for u, i in wanted.items() if images[i] is None]
-    if missing:
-        raise ValueError(f"{len(missing)} requested samples are not in the shards, e.g. {missing[:3]}")
+    samples = iter_samples(shards, wanted)
+    for key, payload, caption in tqdm(samples, desc="loading shards", unit="img", disable=not progress,
+                                      total=len(wanted)):
+        with Image.open(io.BytesIO(payload)) as image:
+            images[wanted[key]] = resize(image)
+        captions[wanted[key]] = caption
     return list(wanted), torch.stack(images), captions

@@ -33,9 +33,12 @@ def load_test_set(cfg: PipelineConfig) -> tuple[torch.Tensor, np.ndarray, list[s
     return (*load_idx_set(e.test_images, e.test_labels, e.max_test_images), names)
 
 
-def load_holdout(clip_model: dict, cfg: PipelineConfig) -> tuple[list[str], torch.Tensor, list[str]]:
-    """The pretrain stage's held-out (uid, image, caption) rows, read back from the shards."""
+def load_holdout(clip_model: dict, cfg: PipelineConfig,
+                 uids: list[str] | None = None) -> tuple[list[str], torch.Tensor, list[str]]:
+    """The pretrain stage's held-out (uid, image, caption) rows (only `uids` when given), read from the shards."""
     holdout = pl.read_parquet(clip_model["holdout"])
+    if uids is not None:
+        holdout = holdout.filter(pl.col("uid").is_in(uids))
     shards = sorted({str(Path(clip_model["shard_root"]) / s) for s in holdout["shard"].to_list()})
     return load_samples(shards, holdout["uid"].to_list(), cfg.model.image_size, cfg.model.channels, progress=False)
 

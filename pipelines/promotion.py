@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from clipcore.config import PipelineConfig
-from clipcore.evaluation import embed_images, embed_texts
+from clipcore.evaluation import zero_shot
 from clipcore.model import load_checkpoint
-from clipcore.zero_shot import build_zero_shot_classifier, classification_metrics, load_lines
+from clipcore.zero_shot import load_lines
 from pipelines.evaluate_stage import load_test_set
 from pipelines.tracking import CHAMPION
 
@@ -25,9 +25,7 @@ def zero_shot_on_test_set(checkpoint: str | Path, cfg: PipelineConfig) -> dict[s
     model, tokenizer = load_checkpoint(checkpoint)
     templates = load_lines(str(Path(checkpoint) / "templates.txt"))
     images, labels, classes = load_test_set(cfg)
-    classifier = build_zero_shot_classifier(lambda t: embed_texts(model, tokenizer, t), classes, templates)
-    scores = (embed_images(model, images, cfg.eval.batch_size) @ classifier.T).numpy()
-    metrics = classification_metrics(scores, labels, len(classes))
+    metrics, _ = zero_shot(model, tokenizer, images, labels, classes, templates, cfg.eval.batch_size)
     return {"zero_shot_top1": metrics["top1"], "zero_shot_top5": metrics["top5"],
             "zero_shot_mean_per_class_recall": metrics["mean_per_class_recall"]}
 

@@ -7,13 +7,11 @@ import subprocess
 from pathlib import Path
 
 import mlflow
-import polars as pl
 import yaml
 
 from clipcore.config import PipelineConfig, flatten
 from clipcore.report import ReportInputs, render_report, render_summary
-from clipcore.shards import load_samples
-from pipelines.evaluate_stage import load_test_set
+from pipelines.evaluate_stage import load_holdout, load_test_set
 
 
 def lineage() -> dict[str, str]:
@@ -73,9 +71,7 @@ def retrieval_examples(details: dict, clip_model: dict, cfg: PipelineConfig) -> 
     """Each example caption with the thumbnails of its top images (and whether each is the caption's own)."""
     examples = details["retrieval_examples"]
     uids = sorted({u for ex in examples for u in ex["top_uids"]})
-    holdout = pl.read_parquet(clip_model["holdout"]).filter(pl.col("uid").is_in(uids))
-    shards = sorted({str(Path(clip_model["shard_root"]) / s) for s in holdout["shard"].to_list()})
-    loaded, images, _ = load_samples(shards, uids, cfg.model.image_size, cfg.model.channels, progress=False)
+    loaded, images, _ = load_holdout(clip_model, cfg, uids)
     by_uid = {u: images[i].numpy() for i, u in enumerate(loaded)}
     return [{"caption": ex["caption"], "images": [(by_uid[u], u == ex["caption_uid"]) for u in ex["top_uids"]]}
             for ex in examples]
