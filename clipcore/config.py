@@ -209,6 +209,19 @@ class TrainConfig:
     None logs achieved TFLOP/s only."""
     checkpoint_every: int = 0
     """Steps between resumable training-state checkpoints (model, optimizer, schedule, RNG, data position); 0: off."""
+    accum_steps: int = 1
+    """Micro-batches per process and step. The loss still sees the whole batch (GradCache: embed every micro-batch
+    without a graph, take the loss, re-run each micro-batch with one), so gradients equal one big batch's while
+    activations of one micro-batch are in memory."""
+    grad_checkpointing: bool = False
+    """Recompute the transformer towers' activations in the backward pass instead of storing them."""
+    compile: bool = False
+    """Compile the towers with torch.compile (the first steps are slow while it compiles)."""
+    channels_last: bool = False
+    """Store convolution weights and images channels-last (faster convolutions on CUDA, e.g. a ResNet tower)."""
+    workers: int = 0
+    """Data loader worker processes that assemble and normalize batches while the model computes; 0: in this process.
+    Batches are pinned in page-locked memory on CUDA."""
 
 
 @dataclass

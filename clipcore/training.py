@@ -15,11 +15,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
+from clipcore.batches import RowBatches, step_batches
 from clipcore.config import LossConfig, TrainConfig
 from clipcore.distributed import gather_with_grad, init_from_env, is_distributed, mean_over_processes, rank_and_world
 from clipcore.evaluation import margin_diagnostics
-from clipcore.images import normalize_uint8
 from clipcore.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
 from clipcore.model import ClipModel
 
@@ -70,20 +71,81 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                 config: LossConfig) -> torch.Tensor:
-    """Dispatch on `config.name` to clipcore.losses; across processes, each scores its rows against all columns."""
-    scale = model.scale()
+def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor, config: LossConfig,
+                 scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch on `config.name` to clipcore.losses; across processes, each scores its rows against all columns.
+
+    `scale` and `bias` default to the model's `scale()` and `logit_bias`."""
+    scale = model.scale() if scale is None else scale
+    bias = model.logit_bias if bias is None else bias
     columns = gather_with_grad(image_emb, text_emb)  # (N, D), (N, D), offset
     if config.name == "clip":
         return clip_loss(image_emb, text_emb, scale, *columns)
     if config.name == "clip_reg":
         return clip_reg_loss(image_emb, text_emb, scale, config.reg_weight, *columns)
     if config.name == "siglip":
-        return siglip_loss(image_emb, text_emb, scale, model.logit_bias, *columns)
+        return siglip_loss(image_emb, text_emb, scale, bias, *columns)
     if config.name == "cyclip":
         return cyclip_loss(image_emb, text_emb, scale, config.cyclip_in_modal, config.cyclip_cross_modal, *columns)
     raise ValueError(f"unknown loss.name {config.name!r}; choose clip, clip_reg, siglip or cyclip")
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 embeddings (autocast) are promoted for the loss; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def backward_step(forward: torch.nn.Module, model: ClipModel, pixels: torch.Tensor, ids: torch.Tensor,
+                  config: LossConfig, micro_batches: int = 1,
+                  autocast=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch, gradients accumulated into the parameters' `.grad`.
+
+    With `micro_batches` > 1 (GradCache, Gao et al. 2021): a contrastive loss needs every row at once, so embed all
+    micro-batches without an autograd graph, take the loss and its gradients w.r.t. the embeddings, the scale and the
+    bias, then re-run each micro-batch with a graph and back-propagate those gradients into the towers. Gradients equal
+    the single-batch ones; only one micro-batch's activations are alive. Under DDP, gradients are averaged across
+    processes once, on the last micro-batch. Returns (loss, image embeddings, text embeddings), detached.
+    """
+    autocast = autocast or nullcontext()
+    if micro_batches == 1:
+        with autocast:
+            image_emb, text_emb = forward(pixels, ids)  # (B, D) each
+            value = compute_loss(model, _at_least_fp32(image_emb), _at_least_fp32(text_emb), config)
+        value.backward()
+        return value.detach(), _at_least_fp32(image_emb.detach()), _at_least_fp32(text_emb.detach())
+    chunks = list(zip(pixels.chunk(micro_batches), ids.chunk(micro_batches), strict=True))
+    with torch.no_grad(), autocast:
+        cached = [forward(p, i) for p, i in chunks]
+    image_emb = _at_least_fp32(torch.cat([c[0] for c in cached])).requires_grad_()
+    text_emb = _at_least_fp32(torch.cat([c[1] for c in cached])).requires_grad_()
+    scale = model.scale().detach().requires_grad_()
+    bias = model.logit_bias.detach().requires_grad_()
+    value = compute_loss(model, image_emb, text_emb, config, scale=scale, bias=bias)
+    value.backward()  # gradients w.r.t. the cached embeddings, scale and bias only
+    image_grads = image_emb.grad.split([len(c[0]) for c in cached])
+    text_grads = text_emb.grad.split([len(c[1]) for c in cached])
+    for k, ((p, i), g_image, g_text) in enumerate(zip(chunks, image_grads, text_grads, strict=True)):
+        last = k == len(chunks) - 1
+        no_sync = getattr(forward, "no_sync", None)  # DDP: reduce gradients once, after the last micro-batch
+        with nullcontext() if last or no_sync is None else no_sync():
+            with autocast:
+                image_part, text_part = forward(p, i)
+            surrogate = (image_part * g_image).sum() + (text_part * g_text).sum()
+            if last:  # the scale's (and bias's) gradient enters through the same backward as the towers'
+                surrogate = surrogate + (model.scale() * scale.grad).sum()
+                if model.logit_bias.requires_grad and bias.grad is not None:
+                    surrogate = surrogate + (model.logit_bias * bias.grad).sum()
+            surrogate.backward()
+    return value.detach(), image_emb.detach(), text_emb.detach()
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation recomputation in every transformers tower that supports it."""
+    towers = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    if not towers:
+        raise ValueError("train.grad_checkpointing: the model has no tower that supports gradient checkpointing")
+    for tower in towers:
+        tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.AdamW:
@@ -164,10 +226,16 @@ def train_clip(
     if train.batch_size % world:
         raise ValueError(f"batch_size={train.batch_size} is not divisible by the {world} processes")
     local = train.batch_size // world  # each process's share of the global batch
+    if local % train.accum_steps:
+        raise ValueError(f"the per-process batch {local} is not divisible by accum_steps={train.accum_steps}")
     torch.manual_seed(train.seed)
-    model.to(device).train()
+    memory_format = torch.channels_last if train.channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format).train()
     model.logit_bias.requires_grad_(loss.name == "siglip")  # DDP needs every trainable parameter used
-    forward = DistributedDataParallel(model) if is_distributed() else model
+    if train.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    eager = DistributedDataParallel(model) if is_distributed() else model
+    forward = torch.compile(eager) if train.compile else eager
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -185,26 +253,23 @@ def train_clip(
             raise FileNotFoundError(f"cannot resume: no training state at {state_path}")
         first_step, order = load_training_state(state_path, model, optimizer, scheduler, generator, result)
     start = time.perf_counter()
-    bar = tqdm(range(first_step, total), initial=first_step, total=total, unit="step",
-               desc=f"pretrain ({loss.name}, {device.type} x{world})", disable=not progress or rank > 0)
-    for step in bar:
-        fetch = time.perf_counter()
-        offset = (step % steps_per_epoch) * train.batch_size
-        if offset == 0:
-            order = torch.randperm(len(images), generator=generator)
-        index = order[offset + rank * local : offset + (rank + 1) * local]
-        pixels = normalize_uint8(images[index]).to(device, non_blocking=True)  # (B, C, H, W)
-        ids = tokens[index].to(device, non_blocking=True)  # (B, L)
+    bar = tqdm(total=total, initial=first_step, unit="step", desc=f"pretrain ({loss.name}, {device.type} x{world})",
+               disable=not progress or rank > 0)
+    batches = step_batches(RowBatches(images, tokens), generator, order, first_step, total, train.batch_size, rank,
+                           world, train.workers, pin_memory=device.type == "cuda")
+    fetch = time.perf_counter()
+    for batch in batches:
+        step, order = batch.step, batch.order
+        pixels = batch.pixels.to(device, non_blocking=True, memory_format=memory_format)  # (B, C, H, W)
+        ids = batch.ids.to(device, non_blocking=True)  # (B, L)
         result.data_wait_seconds += time.perf_counter() - fetch
-        # the first step counts its FLOPs (forward + backward) for the throughput and MFU estimates
-        counter = FlopCounterMode(display=False) if step == first_step else nullcontext()
-        with counter:
-            with autocast:
-                image_emb, text_emb = forward(pixels, ids)  # (B, D) each
-                value = compute_loss(model, image_emb.float(), text_emb.float(), loss)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-        if step == first_step:
+        # the first step runs eagerly and counts its FLOPs (forward + backward) for the throughput and MFU estimates
+        counting = step == first_step
+        optimizer.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) if counting else nullcontext() as counter:
+            value, image_emb, text_emb = backward_step(eager if counting else forward, model, pixels, ids, loss,
+                                                       train.accum_steps, autocast)
+        if counting:
             result.flops_per_sample = counter.get_total_flops() / local
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         optimizer.step()
@@ -215,7 +280,7 @@ def train_clip(
                 "step": step, "epoch": step / steps_per_epoch, "loss": mean_over_processes(value.detach()),
                 "lr": lr, "logit_scale": model.scale().item(),
                 "temperature": 1 / model.scale().item(),
-                **margin_diagnostics(image_emb.detach().float(), text_emb.detach().float()),
+                **margin_diagnostics(image_emb, text_emb),
             }
             result.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
@@ -224,6 +289,9 @@ def train_clip(
         if state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and rank == 0:
             save_training_state(state_path, step + 1, order, model, optimizer, scheduler, generator, result,
                                 extra_state or {})
+        bar.update()
+        fetch = time.perf_counter()
+    bar.close()
     result.steps, result.samples = total - first_step, (total - first_step) * train.batch_size
     result.peak_memory_bytes = peak_memory_bytes(device)
     result.peak_tflops = train.peak_tflops

@@ -1,4 +1,5 @@
-"""Two gloo processes on the CPU give the same loss and gradients as one process on the concatenated batch."""
+"""Two gloo processes on the CPU give the same loss and gradients as one process on the concatenated batch, also when
+each process splits its rows into micro-batches (gradient accumulation)."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipcore.config import LossConfig
 from clipcore.losses import LOSSES
-from clipcore.training import compute_loss
+from clipcore.training import backward_step, compute_loss
 
 N, D_IN, D = 8, 6, 4
 
@@ -39,10 +40,14 @@ def data():
                                                                                  dtype=torch.float64)
 
 
-def loss_and_grads(model, forward, x, y, name):
-    image_emb, text_emb = forward(x, y)
-    loss = compute_loss(model, image_emb, text_emb, LossConfig(name=name))
-    loss.backward()
+def loss_and_grads(model, forward, x, y, name, micro_batches=None):
+    """The plain loss.backward() of one batch, or training's backward_step with `micro_batches`."""
+    if micro_batches is None:
+        image_emb, text_emb = forward(x, y)
+        loss = compute_loss(model, image_emb, text_emb, LossConfig(name=name))
+        loss.backward()
+    else:
+        loss, _, _ = backward_step(forward, model, x, y, LossConfig(name=name), micro_batches)
     return loss.detach(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
                            for n, p in model.named_parameters()}
 
@@ -52,13 +57,14 @@ def worker(rank: int, world: int, init_file: str, results: dict) -> None:
     x, y = data()
     rows = slice(rank * N // world, (rank + 1) * N // world)
     for name in LOSSES:
-        model = Towers()
-        model.logit_bias.requires_grad_(name == "siglip")  # as in training: DDP needs every trainable param used
-        ddp = DistributedDataParallel(model)  # averages gradients across processes, as in training
-        loss, grads = loss_and_grads(model, ddp, x[rows], y[rows], name)
-        dist.all_reduce(loss)
-        if rank == 0:
-            results[name] = (loss / world, grads)
+        for micro_batches in (None, 2):
+            model = Towers()
+            model.logit_bias.requires_grad_(name == "siglip")  # as in training: DDP needs every trainable param used
+            ddp = DistributedDataParallel(model)  # averages gradients across processes, as in training
+            loss, grads = loss_and_grads(model, ddp, x[rows], y[rows], name, micro_batches)
+            dist.all_reduce(loss)
+            if rank == 0:
+                results[name, micro_batches] = (loss / world, grads)
     dist.destroy_process_group()
 
 
@@ -71,13 +77,14 @@ def two_process_results(tmp_path_factory):
         return dict(results)
 
 
+@pytest.mark.parametrize("micro_batches", [None, 2], ids=["one_batch", "two_micro_batches"])
 @pytest.mark.parametrize("name", LOSSES)
-def test_two_processes_match_one(two_process_results, name):
+def test_two_processes_match_one(two_process_results, name, micro_batches):
     model = Towers()
     model.logit_bias.requires_grad_(name == "siglip")
     x, y = data()
-    expected_loss, expected_grads = loss_and_grads(model, model, x, y, name)
-    loss, grads = two_process_results[name]
+    expected_loss, expected_grads = loss_and_grads(model, model, x, y, name)  # one process, plain backward
+    loss, grads = two_process_results[name, micro_batches]
     assert torch.allclose(loss, expected_loss, atol=1e-10), (loss, expected_loss)
     for key, grad in expected_grads.items():
         assert torch.allclose(grads[key], grad, atol=1e-10), key
