@@ -16,7 +16,7 @@ from pipelines.evaluate_stage import run_evaluation
 from pipelines.filter_stage import run_filter, sample_rows
 from pipelines.io import markdown_table
 from pipelines.partitions import ingest_shards
-from pipelines.pretrain_stage import torchrun_command, train_in_process, train_through_pipes
+from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
 from pipelines.report_stage import build_report
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import log_and_register
@@ -84,6 +84,8 @@ class PretrainConfig(StageConfig):
                           "launched through Dagster Pipes, streaming logs and metrics back")
     nproc_per_node: int = Field(default=2, description="torchrun processes per node")
     nnodes: int = Field(default=1, description="torchrun nodes (more than 1 needs a rendezvous endpoint)")
+    resume: bool = Field(default=False, description="continue an interrupted training from "
+                         "outputs/clip_model/train_state.pt (set train.checkpoint_every), in the MLflow run it started")
 
 
 @asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
@@ -95,20 +97,27 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
     out = pipeline.stage_dir("clip_model")
     mlflow_store.setup(cfg.registry.experiment)
     shard_root = filtered_captions["shard_root"]
+    resumed_run_id = resumable_run_id(out / "train_state.pt") if config.resume else None
 
     def on_log(record: dict) -> None:
         mlflow.log_metrics({k: record[k] for k in ("loss", "lr", "temperature", "epoch", "margin") if k in record},
                            step=int(record["step"]))
 
-    with mlflow.start_run(run_name=f"pretrain-{cfg.loss.name}", log_system_metrics=True) as run:
-        mlflow.log_params(flatten(cfg))
-        mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
+    with mlflow.start_run(run_id=resumed_run_id, run_name=None if config.resume else f"pretrain-{cfg.loss.name}",
+                          log_system_metrics=True) as run:
+        if config.resume:  # same run: its params stay; the resuming Dagster run is recorded beside the first one
+            mlflow.set_tag("resumed_by_dagster_run_id", context.run_id)
+            context.log.info(f"resuming MLflow run {run.info.run_id} from {out / 'train_state.pt'}")
+        else:
+            mlflow.log_params(flatten(cfg))
+            mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
         if config.launcher == "torchrun":
             command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions["kept"], shard_root,
-                                       out, config.nproc_per_node, config.nnodes)
+                                       out, config.nproc_per_node, config.nnodes, config.resume, run.info.run_id)
             summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
         elif config.launcher == "in_process":
-            summary, history = train_in_process(filtered_captions["kept"], shard_root, out, cfg, on_log)
+            summary, history = train_in_process(filtered_captions["kept"], shard_root, out, cfg, on_log,
+                                                config.resume, run.info.run_id)
         else:
             raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
         mlflow.log_metrics({"train_samples_per_second": summary["samples_per_second"],
@@ -127,6 +136,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
         "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
         "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
         "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
+        "resumed": config.resume,
         "device": summary["device"], "train_seconds": round(summary["seconds"], 1),
         "samples_per_second": round(summary["samples_per_second"], 1),
         "achieved_tflops": round(summary["achieved_tflops"], 4), "peak_memory_mb": round(summary["peak_memory_mb"]),

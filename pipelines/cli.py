@@ -36,14 +36,16 @@ def _dagster_home() -> None:
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
 
-def materialize_assets(asset_names: list[str], params: str, overrides: list[str]) -> None:
+def materialize_assets(asset_names: list[str], params: str, overrides: list[str],
+                       asset_config: dict[str, dict] | None = None) -> None:
     """Materialize the named assets (and their checks) into the persistent Dagster instance."""
     _dagster_home()
     from dagster import DagsterInstance
 
     from pipelines.definitions import build_resources, materialize_stages
 
-    results = materialize_stages(asset_names, build_resources(params_path=params), DagsterInstance.get(), overrides)
+    results = materialize_stages(asset_names, build_resources(params_path=params), DagsterInstance.get(), overrides,
+                                 asset_config=asset_config)
     for result in results:
         for check in result.get_asset_check_evaluations():
             if not check.passed:
@@ -182,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "materializing the Dagster asset; the flags below override params.yaml's ingest section")
     for flag, (_, kind, text) in INGEST_FLAGS.items():
         ingest.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+    stages["pretrain"].add_argument("--resume", action="store_true", help="continue an interrupted training from "
+                                    "outputs/clip_model/train_state.pt (needs train.checkpoint_every > 0) in the same "
+                                    "MLflow run")
     stages["filter"].add_argument("--input-dir", help="an ingest output folder (standalone run; needs --output-dir)")
     stages["filter"].add_argument("--output-dir", help="where kept.parquet, rejected.parquet and funnel.json go")
     with_params(sub.add_parser("run", help="materialize all five stages in order"))
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("clip-pipeline filter: --input-dir and --output-dir go together")
         standalone_filter(args)
     elif args.command in STAGES:
-        materialize_assets([STAGES[args.command]], args.params, args.overrides)
+        resume = {"clip_model": {"resume": True}} if getattr(args, "resume", False) else None
+        materialize_assets([STAGES[args.command]], args.params, args.overrides, resume)
     elif args.command == "run":
         materialize_assets(list(STAGES.values()), args.params, args.overrides)
     elif args.command == "train":

@@ -32,16 +32,18 @@ defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[training_job], sens
 
 
 def materialize_stages(asset_names: list[str], resources: dict, instance, overrides: list[str],
-                       log_level: str = "INFO") -> list:
+                       log_level: str = "INFO", asset_config: dict[str, dict] | None = None) -> list:
     """Materialize assets in graph order: the partitioned ingest asset as one run over all its shard partitions
-    (registering them first), then the others in one run. Returns the Dagster results."""
+    (registering them first), then the others in one run. `asset_config` adds config fields per asset (e.g.
+    `{"clip_model": {"resume": True}}`). Returns the Dagster results."""
+    asset_config = asset_config or {}
     from dagster import materialize
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from pipelines.partitions import register_shards
 
     def run(names: list[str], tags: dict | None = None):
-        run_config = {"ops": {n: {"config": {"overrides": overrides}} for n in names},
+        run_config = {"ops": {n: {"config": {"overrides": overrides, **asset_config.get(n, {})}} for n in names},
                       "loggers": {"console": {"config": {"log_level": log_level}}}}
         return materialize([*ASSETS, *CHECKS], selection=names, instance=instance, resources=resources,
                            run_config=run_config, tags=tags)

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--kept", required=True)
     parser.add_argument("--shards", required=True)
     parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--mlflow-run-id", default="", help="stored in the training state, for resuming the same run")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/train_state.pt")
     args = parser.parse_args()
     rank = int(os.environ.get("RANK", "0"))
     with open_dagster_pipes() if rank == 0 else nullcontext() as pipes:
@@ -41,7 +43,8 @@ def main() -> None:
             pipes.report_custom_message({"step": int(record["step"]), **{k: record[k] for k in METRICS}})
 
         out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config,
-                              on_log=on_log if pipes else None, progress=False)
+                              on_log=on_log if pipes else None, progress=False, resume=args.resume,
+                              extra_state={"mlflow_run_id": args.mlflow_run_id})
         if pipes:
             r = out.result
             summary = run_summary(out, int(os.environ.get("WORLD_SIZE", "1")))

@@ -10,16 +10,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import torch
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from clipcore.config import PipelineConfig
 from clipcore.pretrain import run_pretraining
 
 
-def train_in_process(kept_path: str, shard_root: str, out: Path, cfg: PipelineConfig,
-                     on_log: Callable[[dict], None]) -> tuple[dict, list[dict]]:
-    """run_pretraining here; returns (summary, history)."""
-    trained = run_pretraining(pl.read_parquet(kept_path), shard_root, out, cfg, on_log=on_log)
+def resumable_run_id(state_path: Path) -> str:
+    """The MLflow run id stored in a training state (the run an interrupted training logged to)."""
+    if not state_path.exists():
+        raise FileNotFoundError(f"resume: no training state at {state_path}; train with train.checkpoint_every > 0")
+    run_id = torch.load(state_path, weights_only=True)["extra"].get("mlflow_run_id")
+    if not run_id:
+        raise ValueError(f"resume: {state_path} records no MLflow run id (written outside the pipeline?)")
+    return run_id
+
+
+def train_in_process(kept_path: str, shard_root: str, out: Path, cfg: PipelineConfig, on_log: Callable[[dict], None],
+                     resume: bool, mlflow_run_id: str) -> tuple[dict, list[dict]]:
+    """run_pretraining here (its checkpoints carry the MLflow run id); returns (summary, history)."""
+    trained = run_pretraining(pl.read_parquet(kept_path), shard_root, out, cfg, on_log=on_log, resume=resume,
+                              extra_state={"mlflow_run_id": mlflow_run_id})
     return run_summary(trained, 1), trained.result.history
 
 
@@ -34,7 +46,7 @@ def run_summary(trained, processes: int) -> dict:
 
 
 def torchrun_command(params_path: str, overrides: list[str], kept_path: str, shard_root: str, out: Path,
-                     nproc_per_node: int, nnodes: int) -> list[str]:
+                     nproc_per_node: int, nnodes: int, resume: bool, mlflow_run_id: str) -> list[str]:
     """The torchrun command line of pipelines.pipes_train (single node: a local rendezvous)."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
                f"--nnodes={nnodes}"]
@@ -44,6 +56,7 @@ def torchrun_command(params_path: str, overrides: list[str], kept_path: str, sha
                 "--output-dir", str(out)]
     for item in overrides:
         command += ["--set", item]
+    command += ["--mlflow-run-id", mlflow_run_id] + (["--resume"] if resume else [])
     return command
 
 

@@ -136,3 +136,39 @@ def test_pretrain_through_pipes_with_two_torchrun_processes(env):
     assert any("trained" in m and "2 processes" in m for m in logs)  # a log line streamed from the external rank 0
     history = MlflowClient(env["uri"]).get_metric_history(meta["mlflow_run_id"].value, "loss")
     assert len(history) == meta["streamed_records"].value  # streamed metric records reached MLflow
+
+
+def test_pretrain_resumes_an_interrupted_training_in_the_same_mlflow_run(env, monkeypatch):
+    """A training that dies at step 15 (state saved every 10 steps) is resumed by `resume: true`: from step 10, in
+    the MLflow run the first attempt opened, which ends FINISHED with one registered model."""
+    import pipelines.pretrain_stage as stage
+
+    run(env, ["caption_shards", "filtered_captions"])
+    overrides = ["train.epochs=2", "train.log_every=1", "train.checkpoint_every=10"]
+    real = stage.run_pretraining
+
+    def dies_at_step_15(*args, on_log, **kwargs):
+        def log(record):
+            on_log(record)
+            if record["step"] == 15:
+                raise RuntimeError("simulated crash")
+        return real(*args, on_log=log, **kwargs)
+
+    monkeypatch.setattr(stage, "run_pretraining", dies_at_step_15)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        materialize_stages(["clip_model"], env["resources"], env["instance"], overrides)
+    crashed_run_id = env["instance"].get_runs(limit=1)[0].run_id
+    monkeypatch.setattr(stage, "run_pretraining", real)
+    resumed = materialize_stages(["clip_model"], env["resources"], env["instance"], overrides,
+                                 asset_config={"clip_model": {"resume": True}})[0]
+    assert resumed.success
+    meta = resumed.asset_materializations_for_node("clip_model")[0].metadata
+    client = MlflowClient(env["uri"])
+    (only_run,) = client.search_runs([client.get_experiment_by_name("clip-pipeline").experiment_id])
+    assert meta["mlflow_run_id"].value == only_run.info.run_id and only_run.info.status == "FINISHED"
+    assert only_run.data.tags["resumed_by_dagster_run_id"] == resumed.run_id
+    assert only_run.data.tags["dagster_run_id"] == crashed_run_id
+    total = meta["steps"].value + 10  # the resumed attempt ran the steps after the checkpoint
+    steps = [m.step for m in client.get_metric_history(only_run.info.run_id, "loss")]
+    assert steps.count(11) == 2 and steps.count(16) == 1 and max(steps) == total - 1  # 10-15 were logged twice
+    assert [str(v.version) for v in client.search_model_versions("name='clip'")] == ["1"]
