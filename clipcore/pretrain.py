@@ -15,6 +15,7 @@ from clipcore.distributed import barrier, init_from_env, rank_and_world
 from clipcore.model import ClipModel, build_model, save_checkpoint
 from clipcore.shards import load_samples
 from clipcore.tokenizer import load_tokenizer, tokenize, train_tokenizer
+from clipcore.towers import load_pretrained_tokenizer, resolve_model_config
 from clipcore.training import TrainResult, resolve_device, train_clip
 from clipcore.zero_shot import load_templates
 
@@ -54,8 +55,8 @@ def run_pretraining(
 
     With `train.checkpoint_every`, `output_dir/train_state.pt` is kept current and `resume=True` continues from
     it (reusing the tokenizer already in `output_dir`). Under torchrun every process runs this: each loads the
-    rows, process 0 trains the tokenizer and the others load it (so all share one vocabulary), training is
-    data-parallel, and only process 0 writes files.
+    rows, process 0 trains the tokenizer (or copies a pretrained text tower's) and the others load it (so all share
+    one vocabulary), training is data-parallel, and only process 0 writes files.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -65,16 +66,20 @@ def run_pretraining(
     if config.train.max_rows is not None:
         train_rows = train_rows.head(config.train.max_rows)
     shards = sorted({str(Path(shard_root) / s) for s in train_rows["shard"].to_list()})
-    uids, images, captions = load_samples(shards, train_rows["uid"].to_list(), config.model.image_size,
-                                          config.model.channels, progress=progress and rank == 0)
+    model_config, bias_init = resolve_model_config(config.model), 0.0  # a pretrained CLIP sets the image size
+    uids, images, captions = load_samples(shards, train_rows["uid"].to_list(), model_config.image_size,
+                                          model_config.channels, progress=progress and rank == 0)
     tokenizer_path = output_dir / "tokenizer.json"
     if rank == 0 and not (resume and tokenizer_path.exists()):
         holdout.write_parquet(output_dir / "holdout.parquet")
-        train_tokenizer(captions, config.model.vocab_size, config.model.context_length).save(str(tokenizer_path))
+        # a pretrained text tower comes with its tokenizer; otherwise train BPE on the captions
+        tokenizer = load_pretrained_tokenizer(model_config)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(captions, model_config.vocab_size, model_config.context_length)
+        tokenizer.save(str(tokenizer_path))
     barrier()
-    tokenizer = load_tokenizer(tokenizer_path, config.model.context_length)
+    tokenizer = load_tokenizer(tokenizer_path, model_config.context_length)
     tokens = tokenize(tokenizer, captions)  # (N, L)
-    model_config, bias_init = config.model, 0.0
     if config.loss.name == "siglip":  # SigLIP's init: t = 10, b = -10
         model_config, bias_init = dataclasses.replace(model_config, logit_scale_init=10.0), -10.0
     model = build_model(model_config, tokenizer, logit_bias_init=bias_init)

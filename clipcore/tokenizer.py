@@ -1,4 +1,5 @@
-"""A BPE tokenizer trained on the caption corpus with Hugging Face `tokenizers`.
+"""A BPE tokenizer trained on the caption corpus with Hugging Face `tokenizers` (pretrained text towers bring their
+own, see clipcore/towers.py).
 
 Every caption becomes `<sot> tokens... <eot> <pad>...` of exactly `context_length` ids; the text tower
 pools the hidden state at `<eot>` (CLIP's choice), which a causal mask keeps blind to the padding.
@@ -44,8 +45,20 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, context_length: in
 
 
 def load_tokenizer(path: str | Path, context_length: int) -> Tokenizer:
-    """Load a tokenizer saved with `tokenizer.save(path)`, padding and truncating to `context_length`."""
-    return _configure(Tokenizer.from_file(str(path)), context_length)
+    """Load a tokenizer saved with `tokenizer.save(path)`, padding and truncating to `context_length`.
+
+    Ours (it has `<sot>`/`<eot>`) gets the layout above; a pretrained model's own tokenizer (see
+    clipcore.towers.load_pretrained_tokenizer) keeps its special-token template and the pad token it was saved with.
+    """
+    tokenizer = Tokenizer.from_file(str(path))
+    if tokenizer.token_to_id(SOT) is not None and tokenizer.token_to_id(EOT) is not None:
+        return _configure(tokenizer, context_length)
+    pad = tokenizer.padding
+    if pad is None:
+        raise ValueError(f"{path}: a pretrained tokenizer must be saved with padding enabled (its pad token)")
+    tokenizer.enable_truncation(max_length=context_length)
+    tokenizer.enable_padding(length=context_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
+    return tokenizer
 
 
 def tokenize(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
