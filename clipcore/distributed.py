@@ -6,7 +6,7 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed._functional_collectives as funcol
 
 
 def is_distributed() -> bool:
@@ -33,8 +33,8 @@ def gather_with_grad(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[t
     process's row offset. Without a process group: the inputs themselves and offset 0."""
     if not is_distributed():
         return image_emb, text_emb, 0
-    images = torch.cat(dist_fn.all_gather(image_emb))
-    texts = torch.cat(dist_fn.all_gather(text_emb))
+    images = funcol.all_gather_single(image_emb, 0, dist.group.WORLD)  # backward: reduce-scatter of the gradients
+    texts = funcol.all_gather_single(text_emb, 0, dist.group.WORLD)
     return images, texts, dist.get_rank() * len(image_emb)
 
 
