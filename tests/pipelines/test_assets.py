@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from dagster import DagsterInstance
 from mlflow import MlflowClient
 
@@ -126,7 +127,8 @@ def test_pretrain_through_pipes_with_two_torchrun_processes(env):
     from pipelines.checks import CHECKS
 
     run(env, ["caption_shards", "filtered_captions"])
-    config = {"ops": {"clip_model": {"config": {"overrides": ["train.epochs=2"], "launcher": "torchrun",
+    config = {"ops": {"clip_model": {"config": {"overrides": ["train.epochs=2", "train.checkpoint_every=5"],
+                                                "launcher": "torchrun",
                                                 "nproc_per_node": 2}}}}
     result = materialize([*ASSETS, *CHECKS], selection=["clip_model"], instance=env["instance"],
                          resources=env["resources"], run_config=config)
@@ -136,6 +138,8 @@ def test_pretrain_through_pipes_with_two_torchrun_processes(env):
     assert any("trained" in m and "2 processes" in m for m in logs)  # a log line streamed from the external rank 0
     history = MlflowClient(env["uri"]).get_metric_history(meta["mlflow_run_id"].value, "loss")
     assert len(history) == meta["streamed_records"].value  # streamed metric records reached MLflow
+    state = torch.load(env["outputs"] / "clip_model" / "train_state.pt", weights_only=True)
+    assert state["extra"]["mlflow_run_id"] == meta["mlflow_run_id"].value  # what `resume: true` continues
 
 
 def test_pretrain_resumes_an_interrupted_training_in_the_same_mlflow_run(env, monkeypatch):
