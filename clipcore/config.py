@@ -368,12 +368,13 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a (nested) dataclass to `{"section.key": value}`, e.g. for MLflow params."""
+    """Flatten a (nested) dataclass to `{"section.key": value}` at every depth (`filter.clip_score.enabled`), e.g.
+    for MLflow params."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
     out: dict[str, Any] = {}
-    for name, value in dataclasses.asdict(config).items():
+    for name, value in values.items():
         if isinstance(value, dict):
-            for k, v in value.items():
-                out[f"{prefix}{name}.{k}"] = v
+            out.update(flatten(value, f"{prefix}{name}."))
         else:
             out[f"{prefix}{name}"] = value
     return out

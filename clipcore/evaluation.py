@@ -15,29 +15,34 @@ from clipcore.zero_shot import build_zero_shot_classifier, classification_metric
 
 
 @torch.no_grad()
+def _embed(encode, prepare, items, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Encode `items` `batch_size` at a time: (N, D) embeddings on the CPU."""
+    return torch.cat([encode(prepare(items[i : i + batch_size]).to(device)).float().cpu()
+                      for i in range(0, len(items), batch_size)])
+
+
 def embed_images(model: ClipModel, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """(N, C, S, S) or (N, S, S) uint8 images -> (N, D) unit-norm embeddings, on the CPU."""
-    device = next(model.parameters()).device
-    chunks = [model.encode_image(normalize_uint8(images[i : i + batch_size]).to(device)).float().cpu()
-              for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks)
+    return _embed(model.encode_image, normalize_uint8, images, batch_size, next(model.parameters()).device)
 
 
-@torch.no_grad()
 def embed_texts(model: ClipModel, tokenizer: Tokenizer, texts: list[str], batch_size: int = 1000) -> torch.Tensor:
     """Captions -> (N, D) unit-norm embeddings, on the CPU."""
-    device = next(model.parameters()).device
-    chunks = [model.encode_text(tokenize(tokenizer, texts[i : i + batch_size]).to(device)).float().cpu()
-              for i in range(0, len(texts), batch_size)]
-    return torch.cat(chunks)
+    return _embed(model.encode_text, lambda t: tokenize(tokenizer, t), texts, batch_size,
+                  next(model.parameters()).device)
+
+
+def class_embeddings(model: ClipModel, tokenizer: Tokenizer, class_names: list[str], templates: list[str],
+                     batch_size: int = 1000) -> torch.Tensor:
+    """The (C, D) prompt-ensembled zero-shot classifier of `class_names`."""
+    return build_zero_shot_classifier(lambda texts: embed_texts(model, tokenizer, texts, batch_size), class_names,
+                                      templates)
 
 
 def zero_shot(model: ClipModel, tokenizer: Tokenizer, images: torch.Tensor, labels: np.ndarray,
               class_names: list[str], templates: list[str], batch_size: int = 1000) -> tuple[dict, torch.Tensor]:
     """Prompt-ensembled zero-shot classification: (classification_metrics's dict, (N, D) image embeddings)."""
-    classifier = build_zero_shot_classifier(
-        lambda texts: embed_texts(model, tokenizer, texts), class_names, templates
-    )  # (C, D)
+    classifier = class_embeddings(model, tokenizer, class_names, templates, batch_size)  # (C, D)
     image_emb = embed_images(model, images, batch_size)  # (N, D)
     return classification_metrics((image_emb @ classifier.T).numpy(), labels, len(class_names)), image_emb
 
@@ -85,7 +90,7 @@ def evaluate_model(
     """
     classes, image_emb = zero_shot(model, tokenizer, test_images, test_labels, class_names, templates, batch_size)
     pair_images = embed_images(model, holdout_images, batch_size)  # (M, D)
-    pair_texts = embed_texts(model, tokenizer, holdout_captions)  # (M, D)
+    pair_texts = embed_texts(model, tokenizer, holdout_captions, batch_size)  # (M, D)
     retrieval = retrieval_metrics(pair_images.numpy(), pair_texts.numpy(), np.arange(len(pair_texts)))
     metrics = {
         "zero_shot_top1": classes["top1"],

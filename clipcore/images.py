@@ -41,22 +41,9 @@ def build_resize(image_size: int, channels: int) -> v2.Compose:
     return v2.Compose([v2.ToImage(), mode, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
 
 
-def build_preprocess(image_size: int, channels: int) -> v2.Compose:
-    """PIL image -> the model's (C, S, S) float input (`build_resize`, then scaled and normalized)."""
-    import torch
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            build_resize(image_size, channels),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([MEAN] * channels, [STD] * channels),
-        ]
-    )
-
-
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Normalize a (B, H, W) or (B, C, H, W) uint8 batch exactly as `build_preprocess` does."""
+    """Normalize a (B, H, W) or (B, C, H, W) uint8 batch (from `build_resize` or the IDX files) to the model's
+    float input."""
     if images.ndim == 3:
         images = images[:, None]  # (B, 1, H, W)
     return (images.float() / 255.0 - MEAN) / STD

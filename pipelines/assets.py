@@ -41,7 +41,7 @@ def caption_shards(context: AssetExecutionContext, config: StageConfig, pipeline
     shards = sorted(int(k) for k in context.partition_keys)
     stats = ingest(cfg.ingest, out, shard_range=(shards[0], shards[-1]))
     manifest = pl.read_parquet(out / f"{shards[0]:05d}.parquet")  # a preview needs one shard, not all
-    value = {"dir": str(out), "stats": stats}
+    value = {"dir": str(out), "stats": stats, "overrides": config.overrides}
     return Output(value, metadata={
         "rows": stats["rows"], "success": stats["success"], "failed": stats["failed"],
         "by_status": MetadataValue.json(stats["by_status"]), "by_error": MetadataValue.json(stats["by_error"]),
@@ -157,7 +157,7 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
     metrics_path = Path(pipeline.outputs_dir) / "metrics.json"
     metrics = run_evaluation(clip_model, cfg, out, metrics_path)
     value = {"dir": str(out), "metrics": metrics, "metrics_path": str(metrics_path),
-             "details": str(out / "details.json")}
+             "details": str(out / "details.json"), "overrides": config.overrides}
     return Output(value, metadata={
         **{k: MetadataValue.float(v) for k, v in metrics.items()},
         "model": f"{clip_model['model_name']} v{clip_model['model_version']}",

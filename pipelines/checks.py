@@ -20,7 +20,7 @@ METRIC_KEYS = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_rec
 
 @asset_check(asset=caption_shards, blocking=True, description="One manifest row per input row, unique uids.")
 def ingest_accounts_for_every_row(pipeline: PipelineResource, caption_shards: dict) -> AssetCheckResult:
-    cfg = pipeline.load_config().ingest
+    cfg = pipeline.load_config(caption_shards.get("overrides", [])).ingest  # the run's --set values too
     manifest = read_manifest(caption_shards["dir"])
     table_rows = read_source(cfg.input, cfg.input_format, cfg.url_col, cfg.caption_col, cfg.image_root).height
     unique = manifest["uid"].n_unique()
@@ -70,7 +70,7 @@ def metrics_complete_and_above_chance(evaluation: dict) -> AssetCheckResult:
                          "re-evaluated on the same test set; fails (warning) when the candidate is refused.")
 def candidate_beats_champion(pipeline: PipelineResource, mlflow_store: MLflowResource, clip_model: dict,
                              evaluation: dict) -> AssetCheckResult:
-    cfg = pipeline.load_config()
+    cfg = pipeline.load_config(evaluation.get("overrides", []))  # the champion sees the candidate's test set
     mlflow_store.setup(cfg.registry.experiment)
     decision = gate(clip_model, evaluation["metrics"], cfg)
     Path(evaluation["dir"], "promotion.json").write_text(json.dumps(decision, indent=2))
