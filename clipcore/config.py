@@ -359,10 +359,25 @@ def apply_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineCon
     return from_dict(PipelineConfig, values)
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` laid over it, section by section."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_params(path: Path) -> dict:
+    """A params file's values; a top-level `base: other.yaml` (relative to the file) supplies every key it omits."""
+    values = yaml.safe_load(path.read_text()) or {}
+    base = values.pop("base", None)
+    return _merged(read_params(path.parent / base), values) if base else values
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
-    """Load params.yaml into a `PipelineConfig` (missing file or keys fall back to the defaults)."""
+    """Load params.yaml into a `PipelineConfig` (missing file or keys fall back to the defaults, or to `base`)."""
     path = Path(path)
-    values = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    values = read_params(path) if path.exists() else {}
     config = from_dict(PipelineConfig, values, where=str(path))
     return apply_overrides(config, overrides or [])
 

@@ -22,8 +22,6 @@ from tqdm import tqdm
 
 from clipcore.config import DataConfig
 
-CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-               "ankle boot"]
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -42,6 +40,7 @@ SYNONYMS = {
     "bag": ["bag", "bag", "handbag", "purse"],
     "ankle boot": ["ankle boot", "ankle boots", "boots", "leather boots"],
 }
+CLASS_NAMES = list(SYNONYMS)  # in label order (as clipcore/prompts/fashion_mnist_classes.txt)
 TEMPLATES = [
     "a photo of a {}", "a black and white photo of a {}", "{} for sale, barely worn",
     "product shot of a {} on white background", "cheap {} free shipping", "my new {} arrived today",

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from clipcore.config import IngestConfig
 from clipcore.fetch import Fetcher, FetchError
 from clipcore.images import decode_image
-from clipcore.sources import TABLE_FORMATS, detect_format, read_source
+from clipcore.sources import TABLE_FORMATS, detect_format, read_input
 
 MANIFEST_SCHEMA = {
     "uid": pl.String, "url": pl.String, "caption": pl.String, "width": pl.Int32, "height": pl.Int32,
@@ -163,7 +163,7 @@ def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = read_source(config.input, config.input_format, config.url_col, config.caption_col, config.image_root)
+    table = read_input(config)
     fmt = detect_format(config.input) if config.input_format == "auto" else config.input_format
     rows = prepare_rows(table, config, dedupe_urls=fmt != "coco")
     # local files are fetched only from folders, tar shards, COCO, or tables that declare local paths

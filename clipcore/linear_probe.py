@@ -3,13 +3,19 @@ validation split, then refit on train + validation."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression  # here: training imports clipcore.evaluation, not sklearn
+
     return LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter).fit(features, labels)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clipcore.config import LossConfig
+
 
 def _columns(image_emb, text_emb, image_all, text_all, offset):
     image_all = image_emb if image_all is None else image_all
@@ -66,3 +68,19 @@ def cyclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Te
 
 
 LOSSES = ("clip", "clip_reg", "siglip", "cyclip")
+
+
+def contrastive_loss(config: LossConfig, image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
+                     bias: torch.Tensor, image_all: torch.Tensor | None = None, text_all: torch.Tensor | None = None,
+                     offset: int = 0) -> torch.Tensor:
+    """The objective `config.name` names, with its weights from `config` (`bias` is used by SigLIP only)."""
+    columns = (image_all, text_all, offset)
+    if config.name == "clip":
+        return clip_loss(image_emb, text_emb, scale, *columns)
+    if config.name == "clip_reg":
+        return clip_reg_loss(image_emb, text_emb, scale, config.reg_weight, *columns)
+    if config.name == "siglip":
+        return siglip_loss(image_emb, text_emb, scale, bias, *columns)
+    if config.name == "cyclip":
+        return cyclip_loss(image_emb, text_emb, scale, config.cyclip_in_modal, config.cyclip_cross_modal, *columns)
+    raise ValueError(f"unknown loss.name {config.name!r}; choose one of {LOSSES}")

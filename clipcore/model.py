@@ -25,7 +25,9 @@ from clipcore.towers import (
     check_towers,
     resolve_model_config,
 )
+from clipcore.zero_shot import load_templates
 
+TEMPLATES_FILE = "templates.txt"
 hf_logging.set_verbosity_error()  # tiny configs trip transformers' warnings about CLIP's default token ids
 
 
@@ -168,6 +170,16 @@ def save_checkpoint(directory: str | Path, model: ClipModel, tokenizer: Tokenize
     elif towers.exists():  # left by an earlier checkpoint in this folder; it would rebuild the wrong towers
         towers.unlink()
     return directory
+
+
+def save_templates(directory: str | Path, templates: list[str]) -> None:
+    """Store the zero-shot prompt templates with a checkpoint, so a served model classifies like the evaluation."""
+    (Path(directory) / TEMPLATES_FILE).write_text("\n".join(templates) + "\n")
+
+
+def checkpoint_templates(directory: str | Path) -> list[str]:
+    """The prompt templates stored by `save_templates`."""
+    return load_templates(str(Path(directory) / TEMPLATES_FILE))
 
 
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[ClipModel, Tokenizer]:

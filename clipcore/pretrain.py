@@ -12,8 +12,8 @@ import polars as pl
 
 from clipcore.config import PipelineConfig
 from clipcore.distributed import barrier, init_from_env, rank_and_world
-from clipcore.model import ClipModel, build_model, save_checkpoint
-from clipcore.shards import load_samples
+from clipcore.model import build_model, save_checkpoint, save_templates
+from clipcore.shards import load_samples, shard_paths
 from clipcore.tokenizer import load_tokenizer, tokenize, train_tokenizer
 from clipcore.towers import load_pretrained_tokenizer, resolve_model_config
 from clipcore.training import TrainResult, resolve_device, train_clip
@@ -25,12 +25,18 @@ class PretrainOutput:
     """Where the checkpoint landed and how training went."""
 
     checkpoint_dir: Path
-    holdout_path: Path
-    history_path: Path
     train_rows: int
     holdout_rows: int
     result: TrainResult
-    model: ClipModel
+
+    def summary(self, processes: int) -> dict:
+        """The numbers of a finished training that the pipeline logs and shows."""
+        r = self.result
+        return {"train_rows": self.train_rows, "holdout_rows": self.holdout_rows, "steps": r.steps,
+                "seconds": r.seconds, "samples_per_second": r.samples_per_second,
+                "data_wait_seconds": r.data_wait_seconds, "device": r.device, "processes": processes,
+                "flops_per_sample": r.flops_per_sample, "achieved_tflops": r.achieved_tflops, "mfu": r.mfu,
+                "peak_memory_mb": r.peak_memory_bytes / 2**20}
 
 
 def split_holdout(kept: pl.DataFrame, holdout_size: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -65,10 +71,10 @@ def run_pretraining(
     train_rows, holdout = split_holdout(kept, config.train.holdout_size, config.train.seed)
     if config.train.max_rows is not None:
         train_rows = train_rows.head(config.train.max_rows)
-    shards = sorted({str(Path(shard_root) / s) for s in train_rows["shard"].to_list()})
     model_config, bias_init = resolve_model_config(config.model), 0.0  # a pretrained CLIP sets the image size
-    uids, images, captions = load_samples(shards, train_rows["uid"].to_list(), model_config.image_size,
-                                          model_config.channels, progress=progress and rank == 0)
+    uids, images, captions = load_samples(shard_paths(shard_root, train_rows), train_rows["uid"].to_list(),
+                                          model_config.image_size, model_config.channels,
+                                          progress=progress and rank == 0)
     tokenizer_path = output_dir / "tokenizer.json"
     if rank == 0 and not (resume and tokenizer_path.exists()):
         holdout.write_parquet(output_dir / "holdout.parquet")
@@ -88,9 +94,7 @@ def run_pretraining(
     checkpoint, history_path = output_dir / "checkpoint", output_dir / "history.json"
     if rank == 0:
         save_checkpoint(checkpoint, model.cpu(), tokenizer)
-        # the zero-shot prompts travel with the model, so a served model classifies like the evaluation did
-        (checkpoint / "templates.txt").write_text("\n".join(load_templates(config.eval.templates)) + "\n")
+        save_templates(checkpoint, load_templates(config.eval.templates))
         history_path.write_text(json.dumps(result.history))
     barrier()
-    return PretrainOutput(checkpoint, output_dir / "holdout.parquet", history_path, len(uids), holdout.height,
-                          result, model)
+    return PretrainOutput(checkpoint, len(uids), holdout.height, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import webdataset as wds
@@ -13,6 +14,9 @@ from tqdm import tqdm
 
 from clipcore.images import build_resize
 
+if TYPE_CHECKING:
+    import polars as pl
+
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif")
 
 
@@ -20,6 +24,11 @@ def every_shard(urls):
     """webdataset node splitter that gives every process all shards: each process holds the whole (in-memory)
     training set and takes its rows of each global batch itself."""
     return urls
+
+
+def shard_paths(root: str | Path, rows: pl.DataFrame) -> list[str]:
+    """The tar files (under `root`) holding `rows`, from their `shard` column, sorted."""
+    return sorted({str(Path(root) / s) for s in rows["shard"].to_list()})
 
 
 def iter_samples(shards: Iterable[str | Path], uids: Iterable[str]) -> Iterator[tuple[str, bytes, str]]:

@@ -14,6 +14,8 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
+from clipcore.config import IngestConfig
+
 TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
 FORMATS = (*TABLE_FORMATS, "folder", "webdataset", "coco")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -134,6 +136,11 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> pl.Data
             for a in data["annotations"]]
     return pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String,
                                       "image_id": pl.Int64})
+
+
+def read_input(config: IngestConfig) -> pl.DataFrame:
+    """`read_source` of the ingest config's input."""
+    return read_source(config.input, config.input_format, config.url_col, config.caption_col, config.image_root)
 
 
 def read_source(path: str | Path, fmt: str = "auto", url_col: str = "url", caption_col: str = "caption",

@@ -21,7 +21,7 @@ from clipcore.batches import RowBatches, step_batches
 from clipcore.config import LossConfig, TrainConfig
 from clipcore.distributed import gather_with_grad, init_from_env, is_distributed, mean_over_processes, rank_and_world
 from clipcore.evaluation import margin_diagnostics
-from clipcore.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
+from clipcore.losses import contrastive_loss
 from clipcore.model import ClipModel
 
 
@@ -79,15 +79,7 @@ def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tens
     scale = model.scale() if scale is None else scale
     bias = model.logit_bias if bias is None else bias
     columns = gather_with_grad(image_emb, text_emb)  # (N, D), (N, D), offset
-    if config.name == "clip":
-        return clip_loss(image_emb, text_emb, scale, *columns)
-    if config.name == "clip_reg":
-        return clip_reg_loss(image_emb, text_emb, scale, config.reg_weight, *columns)
-    if config.name == "siglip":
-        return siglip_loss(image_emb, text_emb, scale, bias, *columns)
-    if config.name == "cyclip":
-        return cyclip_loss(image_emb, text_emb, scale, config.cyclip_in_modal, config.cyclip_cross_modal, *columns)
-    raise ValueError(f"unknown loss.name {config.name!r}; choose clip, clip_reg, siglip or cyclip")
+    return contrastive_loss(config, image_emb, text_emb, scale, bias, *columns)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +101,10 @@ def backward_step(forward: torch.nn.Module, model: ClipModel, pixels: torch.Tens
     autocast = autocast or nullcontext()
     if micro_batches == 1:
         with autocast:
-            image_emb, text_emb = forward(pixels, ids)  # (B, D) each
-            value = compute_loss(model, _at_least_fp32(image_emb), _at_least_fp32(text_emb), config)
+            image_emb, text_emb = (_at_least_fp32(e) for e in forward(pixels, ids))  # (B, D) each
+            value = compute_loss(model, image_emb, text_emb, config)
         value.backward()
-        return value.detach(), _at_least_fp32(image_emb.detach()), _at_least_fp32(text_emb.detach())
+        return value.detach(), image_emb.detach(), text_emb.detach()
     chunks = list(zip(pixels.chunk(micro_batches), ids.chunk(micro_batches), strict=True))
     with torch.no_grad(), autocast:
         cached = [forward(p, i) for p, i in chunks]
@@ -124,16 +116,16 @@ def backward_step(forward: torch.nn.Module, model: ClipModel, pixels: torch.Tens
     value.backward()  # gradients w.r.t. the cached embeddings, scale and bias only
     image_grads = image_emb.grad.split([len(c[0]) for c in cached])
     text_grads = text_emb.grad.split([len(c[1]) for c in cached])
+    no_sync = getattr(forward, "no_sync", None)  # DDP: reduce gradients once, after the last micro-batch
     for k, ((p, i), g_image, g_text) in enumerate(zip(chunks, image_grads, text_grads, strict=True)):
         last = k == len(chunks) - 1
-        no_sync = getattr(forward, "no_sync", None)  # DDP: reduce gradients once, after the last micro-batch
         with nullcontext() if last or no_sync is None else no_sync():
             with autocast:
                 image_part, text_part = forward(p, i)
             surrogate = (image_part * g_image).sum() + (text_part * g_text).sum()
             if last:  # the scale's (and bias's) gradient enters through the same backward as the towers'
                 surrogate = surrogate + (model.scale() * scale.grad).sum()
-                if model.logit_bias.requires_grad and bias.grad is not None:
+                if bias.grad is not None:  # only SigLIP uses the bias
                     surrogate = surrogate + (model.logit_bias * bias.grad).sum()
             surrogate.backward()
     return value.detach(), image_emb.detach(), text_emb.detach()
@@ -276,10 +268,10 @@ def train_clip(
         scheduler.step()
         model.clamp_logit_scale()
         if step % train.log_every == 0 or step == total - 1:
+            scale = model.scale().item()
             record = {
-                "step": step, "epoch": step / steps_per_epoch, "loss": mean_over_processes(value.detach()),
-                "lr": lr, "logit_scale": model.scale().item(),
-                "temperature": 1 / model.scale().item(),
+                "step": step, "epoch": step / steps_per_epoch, "loss": mean_over_processes(value),
+                "lr": lr, "logit_scale": scale, "temperature": 1 / scale,
                 **margin_diagnostics(image_emb, text_emb),
             }
             result.history.append(record)

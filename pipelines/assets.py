@@ -16,6 +16,7 @@ from pipelines.evaluate_stage import run_evaluation
 from pipelines.filter_stage import run_filter, sample_rows
 from pipelines.io import markdown_table
 from pipelines.partitions import ingest_shards
+from pipelines.pipes_train import METRICS
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
 from pipelines.report_stage import build_report
 from pipelines.resources import MLflowResource, PipelineResource
@@ -60,9 +61,8 @@ def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipel
     out = pipeline.stage_dir("filtered_captions")
     if cfg.filter.clip_score.enabled:
         mlflow_store.setup(cfg.registry.experiment)
-    counts = run_filter(caption_shards["dir"], cfg.filter, out)
-    kept_rows, rejected_rows = sample_rows(pl.read_parquet(out / "kept.parquet"),
-                                           pl.read_parquet(out / "rejected.parquet"))
+    counts, kept, rejected = run_filter(caption_shards["dir"], cfg.filter, out)
+    kept_rows, rejected_rows = sample_rows(kept, rejected)
     funnel_table = pl.DataFrame({"stage": ["rows in", "kept", *counts["rejected_by_reason"]],
                                  "rows": [counts["rows_in"], counts["kept"], *counts["rejected_by_reason"].values()]})
     value = {"dir": str(out), "kept": str(out / "kept.parquet"), "rejected": str(out / "rejected.parquet"),
@@ -100,8 +100,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
     resumed_run_id = resumable_run_id(out / "train_state.pt") if config.resume else None
 
     def on_log(record: dict) -> None:
-        mlflow.log_metrics({k: record[k] for k in ("loss", "lr", "temperature", "epoch", "margin") if k in record},
-                           step=int(record["step"]))
+        mlflow.log_metrics({k: record[k] for k in METRICS}, step=int(record["step"]))
 
     with mlflow.start_run(run_id=resumed_run_id, run_name=None if config.resume else f"pretrain-{cfg.loss.name}",
                           log_system_metrics=True) as run:

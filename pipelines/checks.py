@@ -9,7 +9,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 
 from clipcore.ingest import read_manifest
-from clipcore.sources import read_source
+from clipcore.sources import read_input
 from pipelines.assets import caption_shards, clip_model, evaluation, filtered_captions, report
 from pipelines.promotion import gate
 from pipelines.resources import MLflowResource, PipelineResource
@@ -22,7 +22,7 @@ METRIC_KEYS = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_rec
 def ingest_accounts_for_every_row(pipeline: PipelineResource, caption_shards: dict) -> AssetCheckResult:
     cfg = pipeline.load_config(caption_shards.get("overrides", [])).ingest  # the run's --set values too
     manifest = read_manifest(caption_shards["dir"])
-    table_rows = read_source(cfg.input, cfg.input_format, cfg.url_col, cfg.caption_col, cfg.image_root).height
+    table_rows = read_input(cfg).height
     unique = manifest["uid"].n_unique()
     passed = manifest.height == table_rows == unique
     return AssetCheckResult(passed=passed, metadata={"input_rows": table_rows, "manifest_rows": manifest.height,

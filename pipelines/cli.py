@@ -104,7 +104,7 @@ def standalone_filter(args: argparse.Namespace) -> None:
         configure_mlflow(None, "mlruns/artifacts", config.registry.experiment)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(run_filter(args.input_dir, config.filter, out), indent=2))
+    print(json.dumps(run_filter(args.input_dir, config.filter, out)[0], indent=2))
 
 
 def train(args: argparse.Namespace) -> None:

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -20,12 +18,11 @@ class ClipPyfunc(PythonModel):
     """A CLIP checkpoint (safetensors + config + tokenizer + prompt templates) behind the pyfunc contract."""
 
     def load_context(self, context):
-        from clipcore.model import load_checkpoint
-        from clipcore.zero_shot import load_templates
+        from clipcore.model import checkpoint_templates, load_checkpoint
 
-        checkpoint = Path(context.artifacts["checkpoint"])
+        checkpoint = context.artifacts["checkpoint"]
         self.model, self.tokenizer = load_checkpoint(checkpoint)
-        self.templates = load_templates(str(checkpoint / "templates.txt"))
+        self.templates = checkpoint_templates(checkpoint)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         from clipcore.evaluation import embed_texts

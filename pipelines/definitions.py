@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, PipesSubprocessClient, define_asset_job
+from dagster import Definitions, PipesSubprocessClient, define_asset_job, materialize
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from pipelines.assets import ASSETS
 from pipelines.checks import CHECKS
 from pipelines.io import JsonIOManager
-from pipelines.partitions import ingest_shard_sensor
+from pipelines.partitions import ingest_shard_sensor, register_shards
 from pipelines.resources import MLflowResource, PipelineResource
 
 
@@ -37,10 +38,6 @@ def materialize_stages(asset_names: list[str], resources: dict, instance, overri
     (registering them first), then the others in one run. `asset_config` adds config fields per asset (e.g.
     `{"clip_model": {"resume": True}}`). Returns the Dagster results."""
     asset_config = asset_config or {}
-    from dagster import materialize
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
-    from pipelines.partitions import register_shards
 
     def run(names: list[str], tags: dict | None = None):
         run_config = {"ops": {n: {"config": {"overrides": overrides, **asset_config.get(n, {})}} for n in names},

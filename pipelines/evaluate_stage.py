@@ -13,11 +13,10 @@ from mlflow import MlflowClient
 
 from clipcore.config import PipelineConfig
 from clipcore.evaluation import evaluate_model, top_confusions
-from clipcore.fashion_mnist import read_idx
 from clipcore.labeled_sets import load_csv_set, load_idx_set, load_image_folder
-from clipcore.model import load_checkpoint
-from clipcore.shards import load_samples
-from clipcore.zero_shot import load_class_names, load_lines
+from clipcore.model import checkpoint_templates, load_checkpoint
+from clipcore.shards import load_samples, shard_paths
+from clipcore.zero_shot import load_class_names
 
 TOP_K_EXAMPLES = 5
 
@@ -39,20 +38,18 @@ def load_holdout(clip_model: dict, cfg: PipelineConfig,
     holdout = pl.read_parquet(clip_model["holdout"])
     if uids is not None:
         holdout = holdout.filter(pl.col("uid").is_in(uids))
-    shards = sorted({str(Path(clip_model["shard_root"]) / s) for s in holdout["shard"].to_list()})
-    return load_samples(shards, holdout["uid"].to_list(), cfg.model.image_size, cfg.model.channels, progress=False)
+    return load_samples(shard_paths(clip_model["shard_root"], holdout), holdout["uid"].to_list(), cfg.model.image_size,
+                        cfg.model.channels, progress=False)
 
 
 def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_path: Path) -> dict[str, float]:
     """Evaluate the checkpoint; write metrics.json and details.json; log both to the training run."""
     model, tokenizer = load_checkpoint(clip_model["checkpoint"])
-    templates = load_lines(str(Path(clip_model["checkpoint"]) / "templates.txt"))
+    templates = checkpoint_templates(clip_model["checkpoint"])
     test_images, test_labels, class_names = load_test_set(cfg)
     uids, holdout_images, holdout_captions = load_holdout(clip_model, cfg)
-    probe = None
-    if cfg.eval.probe_size > 0:
-        probe = (torch.from_numpy(read_idx(cfg.eval.probe_images)[: cfg.eval.probe_size].copy()),
-                 read_idx(cfg.eval.probe_labels)[: cfg.eval.probe_size].astype(np.int64))
+    e = cfg.eval
+    probe = load_idx_set(e.probe_images, e.probe_labels, e.probe_size) if e.probe_size > 0 else None
     result = evaluate_model(model, tokenizer, test_images, test_labels, class_names, templates,
                             holdout_images, holdout_captions, cfg.eval.batch_size, probe)
     metrics = result["metrics"]

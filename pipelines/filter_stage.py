@@ -11,6 +11,7 @@ from clipcore.clip_score import ImageEmbedder, TextEmbedder, cosine_scores, hf_c
 from clipcore.config import FilterConfig
 from clipcore.filtering import apply_clip_score, filter_manifest, funnel
 from clipcore.ingest import read_manifest
+from clipcore.shards import shard_paths
 
 
 def mlflow_embedders(model_uri: str) -> tuple[ImageEmbedder, TextEmbedder]:
@@ -28,8 +29,10 @@ def mlflow_embedders(model_uri: str) -> tuple[ImageEmbedder, TextEmbedder]:
             lambda texts: model.predict(pd.DataFrame({"text": texts})))
 
 
-def run_filter(ingest_dir: str | Path, config: FilterConfig, out: Path, progress: bool = True) -> dict:
-    """Filter an ingest folder into out/kept.parquet and out/rejected.parquet; returns the funnel."""
+def run_filter(ingest_dir: str | Path, config: FilterConfig, out: Path,
+               progress: bool = True) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+    """Filter an ingest folder into out/kept.parquet and out/rejected.parquet; returns (the funnel, the kept rows,
+    the rejected rows) as written."""
     manifest = read_manifest(ingest_dir)
     kept, rejected = filter_manifest(manifest, config)
     clip = config.clip_score
@@ -37,17 +40,17 @@ def run_filter(ingest_dir: str | Path, config: FilterConfig, out: Path, progress
     if config.enabled and clip.enabled and kept.height:
         source = Path(clip.model)
         embed_images, embed_texts = hf_clip_embedders(source) if source.is_dir() else mlflow_embedders(clip.model)
-        shards = sorted({str(Path(ingest_dir) / s) for s in kept["shard"].to_list()})
-        payloads = read_image_bytes(shards, kept["uid"].to_list())
+        payloads = read_image_bytes(shard_paths(ingest_dir, kept), kept["uid"].to_list())
         scores = cosine_scores(embed_images, embed_texts, [payloads[u] for u in kept["uid"]],
                                kept["caption"].to_list(), clip.batch_size, progress)
         kept, rejected, cut = apply_clip_score(kept, rejected, scores, clip)
         extra = {"clip_score_model": clip.model, "clip_score_cut": cut}
+    rejected = rejected.sort("uid")
     kept.write_parquet(out / "kept.parquet")
-    rejected.sort("uid").write_parquet(out / "rejected.parquet")
+    rejected.write_parquet(out / "rejected.parquet")
     counts = {**funnel(manifest, kept, rejected), **extra}
     (out / "funnel.json").write_text(json.dumps(counts, indent=2))
-    return counts
+    return counts, kept, rejected
 
 
 def sample_rows(kept: pl.DataFrame, rejected: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

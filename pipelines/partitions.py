@@ -14,7 +14,7 @@ from dagster import (
 
 from clipcore.config import IngestConfig
 from clipcore.ingest import shard_count
-from clipcore.sources import read_source
+from clipcore.sources import read_input
 from pipelines.resources import PipelineResource
 
 ingest_shards = DynamicPartitionsDefinition(name="ingest_shards")
@@ -22,15 +22,20 @@ ingest_shards = DynamicPartitionsDefinition(name="ingest_shards")
 
 def shard_keys(config: IngestConfig) -> list[str]:
     """The partition keys the input needs: one per `shard_size` input rows."""
-    rows = read_source(config.input, config.input_format, config.url_col, config.caption_col, config.image_root).height
+    rows = read_input(config).height
     return [f"{i:05d}" for i in range(shard_count(rows, config.shard_size))]
+
+
+def unregistered(instance: DagsterInstance, keys: list[str]) -> list[str]:
+    """The `keys` that are not yet partitions of `ingest_shards` (one storage query), in order."""
+    known = instance.get_existing_dynamic_partitions(ingest_shards.name, keys)
+    return [k for k in keys if k not in known]
 
 
 def register_shards(instance: DagsterInstance, config: IngestConfig) -> list[str]:
     """Add the input's missing shard partitions to `instance`; returns all of the input's keys."""
     keys = shard_keys(config)
-    known = set(instance.get_dynamic_partitions(ingest_shards.name))
-    missing = [k for k in keys if k not in known]
+    missing = unregistered(instance, keys)
     if missing:
         instance.add_dynamic_partitions(ingest_shards.name, missing)
     return keys
@@ -39,7 +44,7 @@ def register_shards(instance: DagsterInstance, config: IngestConfig) -> list[str
 @sensor(minimum_interval_seconds=60, description="Registers a partition per shard of ingest.input (params.yaml).")
 def ingest_shard_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
     keys = shard_keys(pipeline.load_config().ingest)
-    new = [k for k in keys if not context.instance.has_dynamic_partition(ingest_shards.name, k)]
+    new = unregistered(context.instance, keys)
     if not new:
         return SkipReason(f"all {len(keys)} shard partitions are registered")
     return SensorResult(dynamic_partitions_requests=[ingest_shards.build_add_request(new)])

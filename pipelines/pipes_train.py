@@ -19,9 +19,8 @@ from dagster_pipes import open_dagster_pipes
 
 from clipcore.config import load_params
 from clipcore.pretrain import run_pretraining
-from pipelines.pretrain_stage import run_summary
 
-METRICS = ("loss", "lr", "temperature", "margin", "epoch")
+METRICS = ("loss", "lr", "temperature", "margin", "epoch")  # of each training record, to the Dagster run and MLflow
 
 
 def main() -> None:
@@ -47,7 +46,7 @@ def main() -> None:
                               extra_state={"mlflow_run_id": args.mlflow_run_id})
         if pipes:
             r = out.result
-            summary = run_summary(out, int(os.environ.get("WORLD_SIZE", "1")))
+            summary = out.summary(int(os.environ.get("WORLD_SIZE", "1")))
             (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary))
             pipes.log.info(f"trained {r.steps} steps on {summary['processes']} processes, "
                            f"{r.samples_per_second:.1f} samples/s")

@@ -21,7 +21,7 @@ def resumable_run_id(state_path: Path) -> str:
     """The MLflow run id stored in a training state (the run an interrupted training logged to)."""
     if not state_path.exists():
         raise FileNotFoundError(f"resume: no training state at {state_path}; train with train.checkpoint_every > 0")
-    run_id = torch.load(state_path, weights_only=True)["extra"].get("mlflow_run_id")
+    run_id = torch.load(state_path, weights_only=True, mmap=True)["extra"].get("mlflow_run_id")  # reads only this
     if not run_id:
         raise ValueError(f"resume: {state_path} records no MLflow run id (written outside the pipeline?)")
     return run_id
@@ -32,17 +32,7 @@ def train_in_process(kept_path: str, shard_root: str, out: Path, cfg: PipelineCo
     """run_pretraining here (its checkpoints carry the MLflow run id); returns (summary, history)."""
     trained = run_pretraining(pl.read_parquet(kept_path), shard_root, out, cfg, on_log=on_log, resume=resume,
                               extra_state={"mlflow_run_id": mlflow_run_id})
-    return run_summary(trained, 1), trained.result.history
-
-
-def run_summary(trained, processes: int) -> dict:
-    """The numbers of a finished training that the asset logs and shows (shared with pipelines.pipes_train)."""
-    r = trained.result
-    return {"train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows, "steps": r.steps,
-            "seconds": r.seconds, "samples_per_second": r.samples_per_second,
-            "data_wait_seconds": r.data_wait_seconds, "device": r.device, "processes": processes,
-            "flops_per_sample": r.flops_per_sample, "achieved_tflops": r.achieved_tflops, "mfu": r.mfu,
-            "peak_memory_mb": r.peak_memory_bytes / 2**20}
+    return trained.summary(1), trained.result.history
 
 
 def torchrun_command(params_path: str, overrides: list[str], kept_path: str, shard_root: str, out: Path,

@@ -12,8 +12,7 @@ from mlflow.exceptions import MlflowException
 
 from clipcore.config import PipelineConfig
 from clipcore.evaluation import zero_shot
-from clipcore.model import load_checkpoint
-from clipcore.zero_shot import load_lines
+from clipcore.model import checkpoint_templates, load_checkpoint
 from pipelines.evaluate_stage import load_test_set
 from pipelines.tracking import CHAMPION
 
@@ -23,7 +22,7 @@ GATE_KEYS = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recal
 def zero_shot_on_test_set(checkpoint: str | Path, cfg: PipelineConfig) -> dict[str, float]:
     """A checkpoint's zero-shot metrics on the configured test set, with its own stored prompt templates."""
     model, tokenizer = load_checkpoint(checkpoint)
-    templates = load_lines(str(Path(checkpoint) / "templates.txt"))
+    templates = checkpoint_templates(checkpoint)
     images, labels, classes = load_test_set(cfg)
     metrics, _ = zero_shot(model, tokenizer, images, labels, classes, templates, cfg.eval.batch_size)
     return {"zero_shot_top1": metrics["top1"], "zero_shot_top5": metrics["top5"],

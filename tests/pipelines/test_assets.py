@@ -122,16 +122,10 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
 
 def test_pretrain_through_pipes_with_two_torchrun_processes(env):
     """launcher=torchrun: an external 2-process torchrun under Dagster Pipes streams logs and metrics back."""
-    from dagster import materialize
-
-    from pipelines.checks import CHECKS
-
     run(env, ["caption_shards", "filtered_captions"])
-    config = {"ops": {"clip_model": {"config": {"overrides": ["train.epochs=2", "train.checkpoint_every=5"],
-                                                "launcher": "torchrun",
-                                                "nproc_per_node": 2}}}}
-    result = materialize([*ASSETS, *CHECKS], selection=["clip_model"], instance=env["instance"],
-                         resources=env["resources"], run_config=config)
+    result = materialize_stages(["clip_model"], env["resources"], env["instance"],
+                                ["train.epochs=2", "train.checkpoint_every=5"],
+                                asset_config={"clip_model": {"launcher": "torchrun", "nproc_per_node": 2}})[0]
     meta = result.asset_materializations_for_node("clip_model")[0].metadata
     assert meta["launcher"].value == "torchrun x2" and meta["streamed_records"].value > 3
     logs = [e.message for e in env["instance"].all_logs(result.run_id) if e.user_message]
