@@ -17,13 +17,18 @@ PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<sot>", "<eot>"
 SPECIALS = [PAD, UNK, SOT, EOT]  # ids 0..3; EOT must not be 2 (transformers' legacy argmax pooling)
 
 
+def pad_and_truncate(tokenizer: Tokenizer, context_length: int, pad_token: str) -> Tokenizer:
+    """Make `tokenizer` emit exactly `context_length` ids, padding with `pad_token`."""
+    tokenizer.enable_truncation(max_length=context_length)
+    tokenizer.enable_padding(length=context_length, pad_id=tokenizer.token_to_id(pad_token), pad_token=pad_token)
+    return tokenizer
+
+
 def _configure(tokenizer: Tokenizer, context_length: int) -> Tokenizer:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{SOT} $A {EOT}", special_tokens=[(SOT, tokenizer.token_to_id(SOT)), (EOT, tokenizer.token_to_id(EOT))]
     )
-    tokenizer.enable_truncation(max_length=context_length)
-    tokenizer.enable_padding(length=context_length, pad_id=tokenizer.token_to_id(PAD), pad_token=PAD)
-    return tokenizer
+    return pad_and_truncate(tokenizer, context_length, PAD)
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, context_length: int) -> Tokenizer:
@@ -56,9 +61,7 @@ def load_tokenizer(path: str | Path, context_length: int) -> Tokenizer:
     pad = tokenizer.padding
     if pad is None:
         raise ValueError(f"{path}: a pretrained tokenizer must be saved with padding enabled (its pad token)")
-    tokenizer.enable_truncation(max_length=context_length)
-    tokenizer.enable_padding(length=context_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
-    return tokenizer
+    return pad_and_truncate(tokenizer, context_length, pad["pad_token"])
 
 
 def tokenize(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:

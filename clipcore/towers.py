@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from clipcore.config import ModelConfig
+from clipcore.tokenizer import pad_and_truncate
 
 TEXT_TOWERS = ("clip", "minilm")
 RESNETS = tuple(n for n in torchvision.models.resnet.__all__ if n[0].islower())  # resnet18 ... wide_resnet101_2
@@ -94,10 +95,7 @@ def load_pretrained_tokenizer(config: ModelConfig) -> Tokenizer | None:
     if pad_token is None:
         raise ValueError(f"{directory}: the tokenizer has neither a pad nor an end-of-text token")
     tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())  # a copy: keeps its normalizer and special tokens
-    tokenizer.enable_truncation(max_length=config.context_length)
-    tokenizer.enable_padding(length=config.context_length, pad_id=hf.convert_tokens_to_ids(pad_token),
-                             pad_token=pad_token)
-    return tokenizer
+    return pad_and_truncate(tokenizer, config.context_length, pad_token)
 
 
 def build_joint_clip(config: ModelConfig, pad_id: int, sot_id: int, eot_id: int,
