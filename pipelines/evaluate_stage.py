@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def run_evaluation(clip_model: dict, cfg: PipelineConfig, out: Path, metrics_pat
     """Evaluate the checkpoint; write metrics.json and details.json; log both to the training run."""
     model, tokenizer = load_checkpoint(clip_model["checkpoint"])
     templates = checkpoint_templates(clip_model["checkpoint"])
+    cfg = dataclasses.replace(cfg, model=model.config)  # the size and channels the model was built with
     test_images, test_labels, class_names = load_test_set(cfg)
     uids, holdout_images, holdout_captions = load_holdout(clip_model, cfg)
     e = cfg.eval

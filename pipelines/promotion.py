@@ -4,6 +4,7 @@ recorded as tags on the candidate version."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -23,7 +24,7 @@ def zero_shot_on_test_set(checkpoint: str | Path, cfg: PipelineConfig) -> dict[s
     """A checkpoint's zero-shot metrics on the configured test set, with its own stored prompt templates."""
     model, tokenizer = load_checkpoint(checkpoint)
     templates = checkpoint_templates(checkpoint)
-    images, labels, classes = load_test_set(cfg)
+    images, labels, classes = load_test_set(dataclasses.replace(cfg, model=model.config))  # at the model's size
     metrics, _ = zero_shot(model, tokenizer, images, labels, classes, templates, cfg.eval.batch_size)
     return {"zero_shot_top1": metrics["top1"], "zero_shot_top5": metrics["top5"],
             "zero_shot_mean_per_class_recall": metrics["mean_per_class_recall"]}
