@@ -172,12 +172,13 @@ def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
     count = shard_count(rows.height, config.shard_size)
     first, last = shard_range if shard_range else (0, count - 1)
     todo = [i for i in range(first, min(last, count - 1) + 1) if not shard_is_complete(output_dir, i)]
-    counter = multiprocessing.get_context("spawn").Value("l", 0)
+    spawn = multiprocessing.get_context("spawn")
+    counter = spawn.Value("l", 0)
     total = sum(min(config.shard_size, rows.height - i * config.shard_size) for i in todo)
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"ingest ({len(todo)} shards)", unit="img", disable=not progress)
     with ProcessPoolExecutor(max_workers=max(1, min(config.processes, len(todo) or 1)),
-                             mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             mp_context=spawn, initializer=_init_worker,
                              initargs=(counter,)) as pool:
         futures = [pool.submit(write_shard, i, rows.slice(i * config.shard_size, config.shard_size).to_dicts(),
                                str(output_dir), config, local_root) for i in todo]

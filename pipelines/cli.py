@@ -99,9 +99,9 @@ def standalone_filter(args: argparse.Namespace) -> None:
 
     config = load_params(args.params, args.overrides)
     if config.filter.clip_score.enabled:
-        from pipelines.tracking import configure_mlflow
+        from pipelines.resources import MLflowResource
 
-        configure_mlflow(None, "mlruns/artifacts", config.registry.experiment)
+        MLflowResource().setup(config.registry.experiment)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(json.dumps(run_filter(args.input_dir, config.filter, out)[0], indent=2))
@@ -126,11 +126,17 @@ def train(args: argparse.Namespace) -> None:
                           "processes": rank_and_world()[1]}, indent=2))
 
 
+def _default_mlflow_store() -> None:
+    """The pipeline's MLflow store (the resource's defaults) and experiment."""
+    from clipcore.config import RegistryConfig
+    from pipelines.resources import MLflowResource
+
+    MLflowResource().setup(RegistryConfig().experiment)
+
+
 def predict(model_uri: str, labels: str | None, images: list[str]) -> None:
     """Zero-shot predictions (or embeddings' shapes, without --labels) for image files."""
-    from pipelines.tracking import configure_mlflow
-
-    configure_mlflow(None, "mlruns/artifacts", "clip-pipeline")
+    _default_mlflow_store()
     import mlflow.pyfunc
     import pandas as pd
 
@@ -149,9 +155,7 @@ def predict(model_uri: str, labels: str | None, images: list[str]) -> None:
 
 def list_models(name: str) -> None:
     """Registered versions with aliases and headline metrics, newest first."""
-    from pipelines.tracking import configure_mlflow
-
-    configure_mlflow(None, "mlruns/artifacts", "clip-pipeline")
+    _default_mlflow_store()
     from mlflow import MlflowClient
 
     client = MlflowClient()

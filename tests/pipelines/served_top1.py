@@ -2,7 +2,7 @@
 
 import io
 import json
-import os  # noqa: E402  (after the imports the test environment must resolve)
+import os
 import sys
 
 import mlflow
