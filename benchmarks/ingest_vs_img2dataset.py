@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from clipcore.fashion_mnist import CLASS_NAMES, read_idx
+from clipcore.data.fashion_mnist import CLASS_NAMES, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 I2D_VENV = ROOT / "benchmarks" / ".venv-img2dataset"

@@ -59,8 +59,8 @@ MIB = 2**20
 
 def full_matrix_loss(model, image_emb: torch.Tensor, text_emb: torch.Tensor, config) -> torch.Tensor:
     """The naive distributed loss: every process scores all N gathered rows against all N columns."""
-    from clipcore.distributed import gather_with_grad
-    from clipcore.losses import contrastive_loss
+    from clipcore.train.distributed import gather_with_grad
+    from clipcore.train.losses import contrastive_loss
 
     # No rescaling is needed: all_gather's backward sums the world identical copies of each row's gradient and
     # DDP's average divides by world again; the logit scale and bias get the same gradient on every process.
@@ -95,7 +95,7 @@ def _reset_cpu_peak() -> bool:
 def _init_process_group(device: torch.device) -> None:
     import torch.distributed as dist
 
-    from clipcore.distributed import init_from_env
+    from clipcore.train.distributed import init_from_env
 
     world = int(os.environ["WORLD_SIZE"])
     if device.type == "cuda" and world > torch.cuda.device_count():
@@ -109,9 +109,9 @@ def _init_process_group(device: torch.device) -> None:
 def _build(args, device: torch.device):
     """The default tiny model (with a tokenizer trained on a few fake captions) and this process's random rows."""
     from clipcore.config import ModelConfig
-    from clipcore.distributed import rank_and_world
-    from clipcore.model import build_model
-    from clipcore.tokenizer import EOT, SOT, train_tokenizer
+    from clipcore.model.clip_model import build_model
+    from clipcore.model.tokenizer import EOT, SOT, train_tokenizer
+    from clipcore.train.distributed import rank_and_world
 
     config = ModelConfig()
     captions = [f"a {c} {k} photo of a {t}" for c in ("red", "blue", "dark", "light") for k in ("small", "large")
@@ -137,9 +137,10 @@ def worker(args) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from clipcore.config import LossConfig, TrainConfig
-    from clipcore.distributed import is_distributed, mean_over_processes, rank_and_world
-    from clipcore.images import normalize_uint8
-    from clipcore.training import build_optimizer, compute_loss, resolve_device
+    from clipcore.data.images import normalize_uint8
+    from clipcore.train.distributed import is_distributed, mean_over_processes, rank_and_world
+    from clipcore.train.loop import build_optimizer, compute_loss, resolve_device
+    from clipcore.train.losses import LOSSES
 
     torch.set_num_threads(1)
     device = resolve_device(args.device)
@@ -147,7 +148,7 @@ def worker(args) -> None:
     rank, world = rank_and_world()
     model, images, ids = _build(args, device)
     loss_config = LossConfig(name=args.loss)
-    model.logit_bias.requires_grad_(args.loss == "siglip")  # DDP needs every trainable parameter used
+    model.logit_bias.requires_grad_(LOSSES[args.loss].uses_bias)  # DDP needs every trainable parameter used
     forward = DistributedDataParallel(model) if is_distributed() else model  # as train_clip does
     optimizer = build_optimizer(model, TrainConfig(), fused=device.type == "cuda")
     loss_fn = compute_loss if args.variant == "ours" else full_matrix_loss

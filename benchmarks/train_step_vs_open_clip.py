@@ -38,8 +38,8 @@ EOT = 3  # the end-of-text id both text towers pool at
 
 def ours_step_fn(arch: dict, device: torch.device):
     from clipcore.config import LossConfig, ModelConfig, TrainConfig
-    from clipcore.model import ClipModel
-    from clipcore.training import backward_step, build_optimizer
+    from clipcore.model.clip_model import ClipModel
+    from clipcore.train.loop import backward_step, build_optimizer
 
     model = ClipModel(ModelConfig(**arch), eot_id=EOT).to(device).train()
     optimizer = build_optimizer(model, TrainConfig(), fused=device.type == "cuda")

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -54,7 +54,10 @@ class IngestConfig:
     caption_col: str = "caption"
     """Column of a URL list holding the caption."""
     local_paths: bool = False
-    """`url_col` holds file paths relative to the input file (local caption tables); otherwise only http(s)."""
+    """`url_col` holds file paths (local caption tables); otherwise only http(s)."""
+    data_root: str = ""
+    """Folder every local image path must lie in (relative paths resolve against it; symlinks are followed first, so
+    none leads out of it). DVC tracks it as the ingest stage's data. Empty: the input file's folder."""
     image_root: str | None = None
     """Folder the COCO `file_name`s resolve against (default: the JSON's folder)."""
     shard_size: int = 10_000
@@ -133,7 +136,7 @@ class FilterConfig:
 @dataclass
 class ModelConfig:
     """A CLIP model: image and text towers with linear projections (by default transformers' CLIPModel: a ViT and a
-    causal text transformer); see clipcore/towers.py for the other towers."""
+    causal text transformer); see clipcore/model/towers.py for the other towers."""
 
     image_size: int = 28
     """Input side in pixels; images are resized to it."""
@@ -179,12 +182,16 @@ class ModelConfig:
     towers and override the architecture fields above; empty: build from this config."""
 
 
+LossName = Literal["clip", "clip_reg", "siglip", "cyclip"]
+
+
 @dataclass
 class LossConfig:
     """Which contrastive objective trains the model."""
 
-    name: str = "clip"
-    """`clip` (symmetric InfoNCE), `clip_reg` (CLIP + positive-pair regularizer), `siglip` or `cyclip`."""
+    name: LossName = "clip"
+    """`clip` (symmetric InfoNCE), `clip_reg` (CLIP + positive-pair regularizer), `siglip` or `cyclip`
+    (clipcore.train.losses.LOSSES implements each)."""
     reg_weight: float = 0.1
     """lambda of `clip_reg`: weight of mean(1 - cos(image_i, text_i)) over positive pairs."""
     cyclip_in_modal: float = 0.25
@@ -294,6 +301,11 @@ class PipelineConfig:
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check `value` against a field annotation, converting the lossless cases (int -> float, list -> tuple)."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ValueError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
@@ -382,13 +394,58 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return apply_overrides(config, overrides or [])
 
 
+class UndeclaredParamError(AttributeError):
+    """A stage read a param it does not declare (its DVC stage would not rerun when that param changes)."""
+
+
+class _Declared:
+    """A params section seen through a stage's declaration: the declared keys read through, any other key raises
+    UndeclaredParamError. `keys=None` declares none of the section."""
+
+    def __init__(self, section: str, value: Any, keys: frozenset[str] | None, owner: str):
+        self._section, self._value, self._keys, self._owner = section, value, keys or frozenset(), owner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in self._keys:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            raise UndeclaredParamError(f"{self._owner} reads param {self._section}.{name}, which it does not declare "
+                                       "(add it to the stage's params in pipelines/stages.py)")
+        return getattr(self._value, name)
+
+    def declared_items(self) -> dict[str, Any]:
+        return {k: getattr(self._value, k) for k in sorted(self._keys)}
+
+
+def restrict(config: PipelineConfig, params: tuple[str, ...], owner: str) -> PipelineConfig:
+    """`config` with only `params` readable: whole sections (`train`) or single keys (`eval.templates`); reading any
+    other param raises UndeclaredParamError naming `owner`. So a stage cannot depend on a param it does not declare."""
+    whole = {p for p in params if "." not in p}
+    keys: dict[str, set[str]] = {}
+    for item in params:
+        if "." in item:
+            section, key = item.split(".", 1)
+            keys.setdefault(section, set()).add(key.split(".")[0])
+    changes = {}
+    for f in dataclasses.fields(config):
+        if f.name not in whole:
+            declared = frozenset(keys.get(f.name, ())) or None
+            changes[f.name] = _Declared(f.name, getattr(config, f.name), declared, owner)
+    return dataclasses.replace(config, **changes)
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten a (nested) dataclass to `{"section.key": value}` at every depth (`filter.clip_score.enabled`), e.g.
-    for MLflow params."""
-    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    for MLflow params. Sections a stage does not declare (see `restrict`) contribute only their declared keys."""
+    if dataclasses.is_dataclass(config):
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    else:
+        values = config
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, _Declared):
+            value = value.declared_items()
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
             out.update(flatten(value, f"{prefix}{name}."))
         else:
             out[f"{prefix}{name}"] = value

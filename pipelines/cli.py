@@ -13,20 +13,33 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = {
-    "ingest": "caption_shards",
-    "filter": "filtered_captions",
-    "pretrain": "clip_model",
-    "evaluate": "evaluation",
-    "report": "report",
+from pipelines.stages import BY_NAME, STAGES
+
+INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's names where it has them
+    "url_list": ("input", str, "input: URL list (parquet/csv/tsv/jsonl[.gz]), image folder, tar shard(s), COCO JSON"),
+    "input_format": ("input_format", str, "auto, parquet, csv, tsv, jsonl, folder, webdataset or coco"),
+    "url_col": ("url_col", str, "URL column of a URL list"),
+    "caption_col": ("caption_col", str, "caption column of a URL list"),
+    "shard_size": ("shard_size", int, "input rows per output shard"),
+    "processes": ("processes", int, "worker processes (one shard each at a time)"),
+    "threads": ("threads", int, "download threads per process"),
+    "max_side": ("max_side", int, "downscale images whose longer side exceeds this, keeping the aspect ratio"),
+    "timeout": ("timeout", float, "seconds per connect and per read"),
+    "retries": ("retries", int, "retries with backoff on 5xx, timeouts and reset connections (never on 4xx)"),
 }
-STAGE_HELP = {
-    "ingest": "fetch and validate every input row; write webdataset shards, manifests and _stats.json",
-    "filter": "apply DataComp basic rules and deduplication; write kept and rejected manifests",
-    "pretrain": "train a CLIP model on the kept rows; log and register it in MLflow",
-    "evaluate": "zero-shot classification and retrieval; write outputs/metrics.json",
-    "report": "write outputs/report/index.html and move the `champion` alias if the model is better",
-}
+
+
+def load_config(args: argparse.Namespace):
+    """The params file with the command's --set overrides; a bad file or key ends the command with one line."""
+    from clipcore.config import load_params
+
+    if not Path(args.params).is_file():
+        raise SystemExit(f"clip-pipeline: params file {args.params} does not exist (run from the project folder, or "
+                         "give --params)")
+    try:
+        return load_params(args.params, args.overrides)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"clip-pipeline: {err}") from None
 
 
 def _dagster_home() -> None:
@@ -42,7 +55,7 @@ def materialize_assets(asset_names: list[str], params: str, overrides: list[str]
     _dagster_home()
     from dagster import DagsterInstance
 
-    from pipelines.definitions import build_resources, materialize_stages
+    from pipelines.launch import build_resources, materialize_stages
 
     results = materialize_stages(asset_names, build_resources(params_path=params), DagsterInstance.get(), overrides,
                                  asset_config=asset_config)
@@ -54,35 +67,20 @@ def materialize_assets(asset_names: list[str], params: str, overrides: list[str]
               f"{', '.join(sorted({m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}))}")
 
 
-def build_data(params: str, overrides: list[str]) -> None:
+def build_data(args: argparse.Namespace) -> None:
     """Build the default caption dataset (Fashion-MNIST) under data/."""
-    from clipcore.config import load_params
-    from clipcore.fashion_mnist import build_caption_dataset
+    config = load_config(args)
+    from clipcore.data.fashion_mnist import build_caption_dataset
 
-    counts = build_caption_dataset(load_params(params, overrides).data)
+    counts = build_caption_dataset(config.data)
     print("caption dataset:", ", ".join(f"{k}={v}" for k, v in counts.items()))
-
-
-INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's names where it has them
-    "url_list": ("input", str, "input: URL list (parquet/csv/tsv/jsonl[.gz]), image folder, tar shard(s), COCO JSON"),
-    "input_format": ("input_format", str, "auto, parquet, csv, tsv, jsonl, folder, webdataset or coco"),
-    "url_col": ("url_col", str, "URL column of a URL list"),
-    "caption_col": ("caption_col", str, "caption column of a URL list"),
-    "shard_size": ("shard_size", int, "input rows per output shard"),
-    "processes": ("processes", int, "worker processes (one shard each at a time)"),
-    "threads": ("threads", int, "download threads per process"),
-    "max_side": ("max_side", int, "downscale images whose longer side exceeds this, keeping the aspect ratio"),
-    "timeout": ("timeout", float, "seconds per connect and per read"),
-    "retries": ("retries", int, "retries with backoff on 5xx, timeouts and resets (never on 4xx)"),
-}
 
 
 def standalone_ingest(args: argparse.Namespace) -> None:
     """img2dataset-style run: params.yaml's ingest section, flags on top, straight into --output-dir."""
-    from clipcore.config import load_params
-    from clipcore.ingest import ingest
+    config = load_config(args).ingest
+    from clipcore.ingest.stage import ingest
 
-    config = load_params(args.params, args.overrides).ingest
     changes = {field: getattr(args, flag) for flag, (field, _, _) in INGEST_FLAGS.items()
                if getattr(args, flag) is not None}
     if "input" in changes and "url_col" not in changes:
@@ -94,29 +92,28 @@ def standalone_ingest(args: argparse.Namespace) -> None:
 
 def standalone_filter(args: argparse.Namespace) -> None:
     """Filter an ingest folder into --output-dir with params.yaml's filter section."""
-    from clipcore.config import load_params
-    from pipelines.filter_stage import run_filter
+    config = load_config(args)
+    from clipcore.filter.stage import run_filter
 
-    config = load_params(args.params, args.overrides)
+    load_embedders = None
     if config.filter.clip_score.enabled:
         from pipelines.resources import MLflowResource
+        from pipelines.tracking import mlflow_embedders
 
         MLflowResource().setup(config.registry.experiment)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(run_filter(args.input_dir, config.filter, out)[0], indent=2))
+        load_embedders = mlflow_embedders
+    print(json.dumps(run_filter(args.input_dir, config.filter, args.output_dir, load_embedders).counts, indent=2))
 
 
 def train(args: argparse.Namespace) -> None:
     """Pretrain on a filter stage's output, outside Dagster; `torchrun --nproc-per-node N $(which clip-pipeline)
     train ...` trains data-parallel on N processes (gloo on CPU, NCCL on GPUs)."""
+    config = load_config(args)  # before torch is imported: a bad param fails at once
     import polars as pl
 
-    from clipcore.config import load_params
-    from clipcore.distributed import rank_and_world
-    from clipcore.pretrain import run_pretraining
+    from clipcore.train.distributed import rank_and_world
+    from clipcore.train.stage import run_pretraining
 
-    config = load_params(args.params, args.overrides)
     out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config, resume=args.resume)
     if rank_and_world()[0] == 0:
         r = out.result
@@ -126,41 +123,58 @@ def train(args: argparse.Namespace) -> None:
                           "processes": rank_and_world()[1]}, indent=2))
 
 
-def _default_mlflow_store() -> None:
-    """The pipeline's MLflow store (the resource's defaults) and experiment."""
-    from clipcore.config import RegistryConfig
+def _mlflow_store(registry) -> None:
+    """The pipeline's MLflow store (the resource's defaults) and the params' experiment."""
     from pipelines.resources import MLflowResource
 
-    MLflowResource().setup(RegistryConfig().experiment)
+    MLflowResource().setup(registry.experiment)
 
 
-def predict(model_uri: str, labels: str | None, images: list[str]) -> None:
+def predict(args: argparse.Namespace) -> None:
     """Zero-shot predictions (or embeddings' shapes, without --labels) for image files."""
-    _default_mlflow_store()
+    registry = load_config(args).registry
+    model_uri = args.model or f"models:/{registry.model_name}@champion"
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"clip-pipeline predict: no such file: {', '.join(missing)}")
+    _mlflow_store(registry)
     import mlflow.pyfunc
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in images]})
-    names = [s.strip() for s in labels.split(",") if s.strip()] if labels else []
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as err:
+        raise SystemExit(f"clip-pipeline predict: cannot load {model_uri}: {err.message.splitlines()[0]} "
+                         "(list the registered versions with `clip-pipeline models`)") from None
+    frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in args.images]})
+    names = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else []
     if not names:
         embeddings = model.predict(frame)
         print(f"embeddings: shape {embeddings.shape}")
         return
     out = model.predict(frame, params={"labels": names})
-    for path, (_, row) in zip(images, out.iterrows(), strict=True):
+    for path, (_, row) in zip(args.images, out.iterrows(), strict=True):
         probs = "  ".join(f"{n}={row[n]:.3f}" for n in sorted(names, key=lambda n: -row[n]))
         print(f"{path}: {row['label']}  ({probs})")
 
 
-def list_models(name: str) -> None:
+def list_models(args: argparse.Namespace) -> None:
     """Registered versions with aliases and headline metrics, newest first."""
-    _default_mlflow_store()
+    registry = load_config(args).registry
+    name = args.name or registry.model_name
+    _mlflow_store(registry)
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = ", ".join(m.name for m in client.search_registered_models()) or "none yet"
+        raise SystemExit(f"clip-pipeline models: no registered model {name!r} (registered: {known})") from None
     aliases = {}
-    for alias, version in client.get_registered_model(name).aliases.items():
+    for alias, version in model.aliases.items():
         aliases.setdefault(str(version), []).append(alias)
     print(f"{'version':>7}  {'aliases':<10}  {'top1':>6}  {'top5':>6}  {'promotion':<9}  run")
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
@@ -168,6 +182,14 @@ def list_models(name: str) -> None:
         top1, top5 = v.tags.get("zero_shot_top1", "-"), v.tags.get("zero_shot_top5", "-")
         print(f"{v.version:>7}  {','.join(aliases.get(str(v.version), [])) or '-':<10}  {top1[:6]:>6}  {top5[:6]:>6}  "
               f"{v.tags.get('promotion', '-'):<9}  {v.run_id}")
+
+
+def write_dvc_yaml(args: argparse.Namespace) -> None:
+    """Write dvc.yaml from the stage table (pipelines.stages)."""
+    from pipelines.dvc_yaml import render_dvc_yaml
+
+    Path(args.output).write_text(render_dvc_yaml())
+    print(f"wrote {args.output}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_params(sub.add_parser("data", help="build the default Fashion-MNIST caption dataset under data/"))
-    stages = {name: with_params(sub.add_parser(name, help=text, description=text)) for name, text in STAGE_HELP.items()}
+    stages = {s.name: with_params(sub.add_parser(s.name, help=s.help, description=s.help)) for s in STAGES}
     ingest = stages["ingest"]
     ingest.add_argument("--output-dir", help="run standalone into this folder (img2dataset-style) instead of "
                         "materializing the Dagster asset; the flags below override params.yaml's ingest section")
@@ -193,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "MLflow run")
     stages["filter"].add_argument("--input-dir", help="an ingest output folder (standalone run; needs --output-dir)")
     stages["filter"].add_argument("--output-dir", help="where kept.parquet, rejected.parquet and funnel.json go")
-    with_params(sub.add_parser("run", help="materialize all five stages in order"))
+    with_params(sub.add_parser("run", help="materialize every stage in order"))
     p = with_params(sub.add_parser("train", help="pretrain outside Dagster (works under torchrun)",
                                    description=train.__doc__))
     p.add_argument("--kept", default="outputs/filtered_captions/kept.parquet", help="kept rows (default: %(default)s)")
@@ -201,36 +223,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="outputs/train", help="checkpoint folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT_DIR/train_state.pt (written every train.checkpoint_every steps)")
-    p = sub.add_parser("predict", help="classify image files with a registered model")
+    p = with_params(sub.add_parser("predict", help="classify image files with a registered model"))
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--model", default="models:/clip@champion", help="model URI (default: %(default)s)")
+    p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@champion)")
     p.add_argument("--labels", help="comma-separated class names; without it, prints embedding shapes")
-    p = sub.add_parser("models", help="list registered model versions, aliases and metrics")
-    p.add_argument("--name", default="clip", help="registered model name (default: %(default)s)")
+    p = with_params(sub.add_parser("models", help="list registered model versions, aliases and metrics"))
+    p.add_argument("--name", help="registered model name (default: params' registry.model_name)")
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (pipelines/stages.py)")
+    p.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "data":
-        build_data(args.params, args.overrides)
+        build_data(args)
     elif args.command == "ingest" and args.output_dir:
         standalone_ingest(args)
     elif args.command == "filter" and (args.input_dir or args.output_dir):
         if not (args.input_dir and args.output_dir):
             raise SystemExit("clip-pipeline filter: --input-dir and --output-dir go together")
         standalone_filter(args)
-    elif args.command in STAGES:
+    elif args.command in BY_NAME:
+        load_config(args)  # a bad params file or override fails here, before Dagster and the stage's libraries load
         resume = {"clip_model": {"resume": True}} if getattr(args, "resume", False) else None
-        materialize_assets([STAGES[args.command]], args.params, args.overrides, resume)
+        materialize_assets([BY_NAME[args.command].asset], args.params, args.overrides, resume)
     elif args.command == "run":
-        materialize_assets(list(STAGES.values()), args.params, args.overrides)
+        load_config(args)
+        materialize_assets([s.asset for s in STAGES], args.params, args.overrides)
     elif args.command == "train":
         train(args)
     elif args.command == "predict":
-        predict(args.model, args.labels, args.images)
+        predict(args)
     elif args.command == "models":
-        list_models(args.name)
+        list_models(args)
+    elif args.command == "dvc-yaml":
+        write_dvc_yaml(args)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,15 @@ class ClipPyfunc(PythonModel):
     """A CLIP checkpoint (safetensors + config + tokenizer + prompt templates) behind the pyfunc contract."""
 
     def load_context(self, context):
-        from clipcore.model import checkpoint_templates, load_checkpoint
+        from clipcore.model.clip_model import checkpoint_templates, load_checkpoint
 
         checkpoint = context.artifacts["checkpoint"]
         self.model, self.tokenizer = load_checkpoint(checkpoint)
         self.templates = checkpoint_templates(checkpoint)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
-        from clipcore.evaluation import embed_texts
-        from clipcore.predict import embed_image_bytes, zero_shot_probabilities
+        from clipcore.evaluate.evaluation import embed_texts
+        from clipcore.evaluate.predict import embed_image_bytes, zero_shot_probabilities
 
         labels = list((params or {}).get("labels") or [])
         if "image" in model_input.columns and model_input["image"].notna().all():

@@ -13,8 +13,8 @@ from dagster import (
 )
 
 from clipcore.config import IngestConfig
-from clipcore.ingest import shard_count
-from clipcore.sources import read_input
+from clipcore.data.layout import shard_count, shard_name
+from clipcore.ingest.sources import read_input
 from pipelines.resources import PipelineResource
 
 ingest_shards = DynamicPartitionsDefinition(name="ingest_shards")
@@ -23,7 +23,7 @@ ingest_shards = DynamicPartitionsDefinition(name="ingest_shards")
 def shard_keys(config: IngestConfig) -> list[str]:
     """The partition keys the input needs: one per `shard_size` input rows."""
     rows = read_input(config).height
-    return [f"{i:05d}" for i in range(shard_count(rows, config.shard_size))]
+    return [shard_name(i) for i in range(shard_count(rows, config.shard_size))]
 
 
 def unregistered(instance: DagsterInstance, keys: list[str]) -> list[str]:
@@ -43,7 +43,7 @@ def register_shards(instance: DagsterInstance, config: IngestConfig) -> list[str
 
 @sensor(minimum_interval_seconds=60, description="Registers a partition per shard of ingest.input (params.yaml).")
 def ingest_shard_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
-    keys = shard_keys(pipeline.load_config().ingest)
+    keys = shard_keys(pipeline.load_config("ingest").ingest)
     new = unregistered(context.instance, keys)
     if not new:
         return SkipReason(f"all {len(keys)} shard partitions are registered")

@@ -18,7 +18,7 @@ import polars as pl
 from dagster_pipes import open_dagster_pipes
 
 from clipcore.config import load_params
-from clipcore.pretrain import run_pretraining
+from clipcore.train.stage import run_pretraining
 
 METRICS = ("loss", "lr", "temperature", "margin", "epoch")  # of each training record, to the Dagster run and MLflow
 

@@ -14,7 +14,7 @@ import torch
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from clipcore.config import PipelineConfig
-from clipcore.pretrain import run_pretraining
+from clipcore.train.stage import run_pretraining
 
 
 def resumable_run_id(state_path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Dagster resources: where things live (params, data, outputs) and where MLflow tracks."""
+"""Dagster resources: where things live (params, outputs) and where MLflow tracks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from clipcore.config import PipelineConfig, load_params
+from clipcore.config import PipelineConfig, load_params, restrict
 
 
 class PipelineResource(ConfigurableResource):
@@ -15,9 +15,13 @@ class PipelineResource(ConfigurableResource):
     params_path: str = "params.yaml"
     outputs_dir: str = "outputs"
 
-    def load_config(self, overrides: list[str] | None = None) -> PipelineConfig:
-        """params.yaml with `section.key=value` overrides applied."""
-        return load_params(self.params_path, overrides)
+    def load_config(self, stage: str, overrides: list[str] | None = None) -> PipelineConfig:
+        """params.yaml with `section.key=value` overrides applied, readable only where stage `stage` declares it
+        (pipelines.stages): reading any other param raises, so its DVC stage cannot miss a dependency."""
+        from pipelines.stages import BY_NAME
+
+        config = load_params(self.params_path, overrides)
+        return restrict(config, BY_NAME[stage].params, f"stage {stage!r}")
 
     def stage_dir(self, name: str) -> Path:
         """outputs/<name>/, created if missing."""

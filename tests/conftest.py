@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from clipcore.config import DataConfig
-from clipcore.fashion_mnist import FILES, build_caption_dataset
+from clipcore.data.fashion_mnist import FILES, build_caption_dataset
 
 SOURCES = [Path("/usr/share/datasets/fashion-mnist"), Path("~/.cache/clip-pipeline/fashion-mnist").expanduser()]
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from clipcore.config import LossConfig
-from clipcore.losses import LOSSES
-from clipcore.training import backward_step, compute_loss
+from clipcore.train.loop import backward_step, compute_loss
+from clipcore.train.losses import LOSSES
 
 N, D_IN, D = 8, 6, 4
 
@@ -59,7 +59,7 @@ def worker(rank: int, world: int, init_file: str, results: dict) -> None:
     for name in LOSSES:
         for micro_batches in (None, 2):
             model = Towers()
-            model.logit_bias.requires_grad_(name == "siglip")  # as in training: DDP needs every trainable param used
+            model.logit_bias.requires_grad_(LOSSES[name].uses_bias)  # DDP needs every trainable param used
             ddp = DistributedDataParallel(model)  # averages gradients across processes, as in training
             loss, grads = loss_and_grads(model, ddp, x[rows], y[rows], name, micro_batches)
             dist.all_reduce(loss)
@@ -81,7 +81,7 @@ def two_process_results(tmp_path_factory):
 @pytest.mark.parametrize("name", LOSSES)
 def test_two_processes_match_one(two_process_results, name, micro_batches):
     model = Towers()
-    model.logit_bias.requires_grad_(name == "siglip")
+    model.logit_bias.requires_grad_(LOSSES[name].uses_bias)
     x, y = data()
     expected_loss, expected_grads = loss_and_grads(model, model, x, y, name)  # one process, plain backward
     loss, grads = two_process_results[name, micro_batches]

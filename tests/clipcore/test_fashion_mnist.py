@@ -5,7 +5,7 @@ import hashlib
 import polars as pl
 
 from clipcore.config import DataConfig
-from clipcore.fashion_mnist import CLASS_NAMES, build_caption_dataset, plan_captions, read_idx
+from clipcore.data.fashion_mnist import CLASS_NAMES, build_caption_dataset, plan_captions, read_idx
 
 
 def digest(root):
@@ -44,7 +44,7 @@ def test_plan_noise_rates():
     assert 0.02 < counts["short"] / n < 0.04 and 0.005 < counts["non_english"] / n < 0.015
     # a clean caption names its image's class (by one of its synonyms)
     clean = [i for i, tag in enumerate(plan.noise) if tag == ""][:200]
-    from clipcore.fashion_mnist import SYNONYMS
+    from clipcore.data.fashion_mnist import SYNONYMS
 
     for i in clean:
         words = SYNONYMS[CLASS_NAMES[labels[plan.image_index[i]]]]

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from clipcore.config import FilterConfig, IngestConfig
-from clipcore.filtering import filter_manifest, funnel
-from clipcore.ingest import ingest, read_manifest
-from clipcore.shards import load_samples
+from clipcore.data.layout import read_manifest
+from clipcore.data.shards import load_samples
+from clipcore.filter.rules import filter_manifest, funnel
+from clipcore.ingest.stage import ingest
 
 
 def png(value: int, size=(28, 28)) -> bytes:
@@ -135,7 +136,7 @@ def test_near_duplicates_by_hamming_distance():
 
 def test_clip_score_filter_by_threshold_and_fraction():
     from clipcore.config import ClipScoreConfig
-    from clipcore.filtering import apply_clip_score
+    from clipcore.filter.rules import apply_clip_score
 
     kept = synthetic_manifest([f"caption number {i}" for i in range(4)], list("abcd"))
     rejected = kept.head(0).with_columns(filter_reason=pl.lit(None, pl.String))

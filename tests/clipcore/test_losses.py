@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipcore.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
+from clipcore.train.losses import clip_loss, clip_reg_loss, cyclip_loss, siglip_loss
 
 F64 = torch.float64
 

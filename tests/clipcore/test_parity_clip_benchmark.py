@@ -7,13 +7,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from clipcore.config import LossConfig, ModelConfig, TrainConfig
-from clipcore.evaluation import evaluate_model
-from clipcore.fashion_mnist import read_idx
-from clipcore.images import build_resize, normalize_uint8
-from clipcore.model import build_model
-from clipcore.tokenizer import tokenize, train_tokenizer
-from clipcore.training import train_clip
-from clipcore.zero_shot import load_class_names, load_templates
+from clipcore.data.fashion_mnist import read_idx
+from clipcore.data.images import build_resize, normalize_uint8
+from clipcore.evaluate.evaluation import evaluate_model
+from clipcore.model.clip_model import build_model
+from clipcore.model.prompts import load_class_names, load_templates
+from clipcore.model.tokenizer import tokenize, train_tokenizer
+from clipcore.train.loop import train_clip
 
 zeroshot = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
 retrieval = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")

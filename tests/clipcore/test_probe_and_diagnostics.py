@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipcore.evaluation import margin_diagnostics, top_confusions
-from clipcore.linear_probe import linear_probe
+from clipcore.evaluate.evaluation import top_confusions
+from clipcore.evaluate.linear_probe import linear_probe
+from clipcore.model.margins import margin_diagnostics
 
 
 def test_linear_probe_separates_separable_classes_and_fails_on_noise():
@@ -40,7 +41,7 @@ def test_top_confusions_ignores_the_diagonal():
 def test_labeled_sets_from_image_folder_and_csv(tmp_path):
     from PIL import Image
 
-    from clipcore.labeled_sets import load_csv_set, load_image_folder
+    from clipcore.data.labeled_sets import load_csv_set, load_image_folder
 
     rows = ["path,label"]
     for label, value in (("bag", 30), ("coat", 200)):
@@ -57,7 +58,7 @@ def test_labeled_sets_from_image_folder_and_csv(tmp_path):
 
 
 def test_imagenet_templates_are_shipped():
-    from clipcore.zero_shot import load_templates
+    from clipcore.model.prompts import load_templates
 
     templates = load_templates("imagenet")
     assert len(templates) == 80 and "a bad photo of a {}." in templates

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from clipcore.retrieval import retrieval_metrics
+from clipcore.evaluate.retrieval import retrieval_metrics
 
 
 def test_recall_by_hand_with_two_captions_per_image():

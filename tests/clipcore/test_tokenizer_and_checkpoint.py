@@ -3,8 +3,8 @@
 import torch
 
 from clipcore.config import ModelConfig
-from clipcore.model import build_model, load_checkpoint, save_checkpoint
-from clipcore.tokenizer import EOT, PAD, SOT, load_tokenizer, tokenize, train_tokenizer
+from clipcore.model.clip_model import build_model, load_checkpoint, save_checkpoint
+from clipcore.model.tokenizer import EOT, PAD, SOT, load_tokenizer, tokenize, train_tokenizer
 
 CAPTIONS = ["a photo of a coat", "cheap sneakers free shipping", "a black and white photo of a dress",
             "vintage ankle boot in great condition", "una camiseta negra"] * 20

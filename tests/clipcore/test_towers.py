@@ -9,9 +9,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
 from clipcore.config import LossConfig, ModelConfig, TrainConfig, load_params
-from clipcore.model import build_model, load_checkpoint, save_checkpoint
-from clipcore.tokenizer import tokenize, train_tokenizer
-from clipcore.towers import load_pretrained_tokenizer, minilm_path
+from clipcore.model.clip_model import build_model, load_checkpoint, save_checkpoint
+from clipcore.model.tokenizer import tokenize, train_tokenizer
+from clipcore.model.towers import load_pretrained_tokenizer, minilm_path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = dict(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=16, vocab_size=300)
@@ -51,7 +51,7 @@ def test_minilm_pooling_equals_sentence_transformers():
 
 
 def train_toy(model, tokenizer, steps: int = 2, lr: float = 1e-3):
-    from clipcore.training import train_clip
+    from clipcore.train.loop import train_clip
 
     images, captions, _ = toy_task(8 * steps)
     config = TrainConfig(epochs=1, batch_size=8, lr=lr, warmup_steps=1, log_every=1, device="cpu")
@@ -79,7 +79,7 @@ def test_lock_text_freezes_only_the_pretrained_encoder(lock):
 
 
 def test_resnet_image_tower_embeds_and_learns():
-    from clipcore.training import train_clip
+    from clipcore.train.loop import train_clip
 
     torch.manual_seed(0)
     model, tokenizer = tiny_model(image_tower="resnet18")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from clipcore.config import LossConfig, ModelConfig, TrainConfig
-from clipcore.model import build_model
-from clipcore.tokenizer import tokenize, train_tokenizer
-from clipcore.training import build_optimizer, train_clip, warmup_cosine
+from clipcore.model.clip_model import build_model
+from clipcore.model.tokenizer import tokenize, train_tokenizer
+from clipcore.train.loop import build_optimizer, train_clip, warmup_cosine
 
 
 def test_warmup_then_cosine():

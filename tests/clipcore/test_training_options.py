@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from clipcore.config import LossConfig, TrainConfig
-from clipcore.tokenizer import tokenize
-from clipcore.training import backward_step, enable_gradient_checkpointing, train_clip
+from clipcore.model.tokenizer import tokenize
+from clipcore.train.loop import backward_step, enable_gradient_checkpointing, train_clip
+from clipcore.train.losses import LOSSES
 from tests.clipcore.test_training import tiny_model
 
 
@@ -33,7 +34,7 @@ def gradients(micro_batches=1, loss="clip", checkpointing=False, saved=None):
     model.train()
     if checkpointing:
         enable_gradient_checkpointing(model)
-    model.logit_bias.requires_grad_(loss == "siglip")
+    model.logit_bias.requires_grad_(LOSSES[loss].uses_bias)
     images, captions = toy_data(32)
     pixels = (images[:, None].float() / 255 - 0.5) / 0.5
 

@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from clipcore.config import IngestConfig
-from clipcore.ingest import ingest, read_manifest
-from clipcore.sources import read_source
+from clipcore.data.layout import read_manifest
+from clipcore.ingest.sources import read_source
+from clipcore.ingest.stage import ingest
 from tests.clipcore.http_fixture import Handler, ImageServer, closed_port, jpeg
 
 CONFIG = dict(timeout=1.0, retries=1, max_redirects=3, max_bytes=2_000_000, max_pixels=4_000_000, max_side=128,

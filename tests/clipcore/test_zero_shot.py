@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipcore.zero_shot import build_zero_shot_classifier, classification_metrics, load_class_names, load_templates
+from clipcore.evaluate.zero_shot import build_zero_shot_classifier, classification_metrics
+from clipcore.model.prompts import load_class_names, load_templates
 
 
 def test_prompt_ensemble_normalizes_each_template_then_the_mean():

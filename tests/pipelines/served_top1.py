@@ -11,8 +11,8 @@ import pandas as pd
 from PIL import Image
 
 from clipcore.config import load_params
-from clipcore.fashion_mnist import read_idx
-from clipcore.zero_shot import load_class_names
+from clipcore.data.fashion_mnist import read_idx
+from clipcore.model.prompts import load_class_names
 
 uri = sys.argv[1]
 mlflow.set_tracking_uri(uri)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from clipcore.report import ReportInputs, render_report
+from clipcore.report.render import ReportInputs, render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")

@@ -1,0 +1,11 @@
+"""The metric names other code relies on, listed once: metrics.json's contract keys, the ones tagged on a registered
+model version, the ones the promotion gate compares and the ones the report summarizes."""
+
+ZERO_SHOT = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall")
+RETRIEVAL = tuple(f"retrieval_{d}_r{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
+LINEAR_PROBE = "linear_probe_top1"
+CONTRACT = (*ZERO_SHOT, *RETRIEVAL)  # always in outputs/metrics.json; LINEAR_PROBE too when a probe is fitted
+VERSION_TAGS = ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r1",
+                LINEAR_PROBE)
+GATE = ZERO_SHOT  # what the promotion gate re-measures on the champion; the first one decides
+SUMMARY = (*ZERO_SHOT, LINEAR_PROBE)  # the report's summary table

@@ -1,0 +1,36 @@
+"""The promotion decision: the candidate against the champion, both measured on the same test set now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipcore.evaluate.metric_names import GATE
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the candidate takes the alias, why, and both sets of numbers (champion None when there was none)."""
+
+    promoted: bool
+    reason: str
+    candidate_version: str
+    candidate: dict[str, float]
+    champion_version: str | None
+    champion: dict[str, float] | None
+
+
+def decide(candidate_version: str, candidate: dict[str, float], champion_version: str | None,
+           champion: dict[str, float] | None, alias: str = "champion") -> Decision:
+    """Promote when there is no champion (or it is the candidate itself) or when the candidate's first GATE metric
+    (zero-shot top-1) is higher than the champion's on the same test set."""
+    key = GATE[0]
+    candidate = {k: candidate[k] for k in GATE}
+    if champion_version is None or champion_version == candidate_version or champion is None:
+        return Decision(True, f"v{candidate_version} top-1 {candidate[key]:.4f}: no champion before, now @{alias}",
+                        candidate_version, candidate, None, None)
+    promoted = candidate[key] > champion[key]
+    verb = "beats" if promoted else "does not beat"
+    reason = (f"v{candidate_version} top-1 {candidate[key]:.4f} {verb} champion v{champion_version}'s "
+              f"{champion[key]:.4f} on the same test set"
+              + (f": now @{alias}" if promoted else f": v{champion_version} stays @{alias}"))
+    return Decision(promoted, reason, candidate_version, candidate, champion_version, champion)

@@ -1,0 +1,87 @@
+"""The evaluate stage end to end: a checkpoint, its test set and held-out pairs -> metrics.json and details.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from clipcore.config import EvalConfig, ModelConfig
+from clipcore.data.labeled_sets import load_csv_set, load_idx_set, load_image_folder
+from clipcore.data.layout import shard_paths
+from clipcore.data.shards import load_samples
+from clipcore.evaluate.evaluation import evaluate_model, top_confusions, zero_shot
+from clipcore.evaluate.metric_names import GATE
+from clipcore.model.clip_model import checkpoint_templates, load_checkpoint
+from clipcore.model.prompts import load_class_names
+
+TOP_K_EXAMPLES = 5
+
+
+def load_test_set(e: EvalConfig, m: ModelConfig) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Test images (uint8, at the model's size and channels), labels and class names: `eval.labeled_set` (ImageFolder
+    or csv) or the IDX files."""
+    if e.labeled_set and Path(e.labeled_set).is_dir():
+        return load_image_folder(e.labeled_set, m.image_size, m.channels, e.max_test_images)
+    names = load_class_names(e.class_names)
+    if e.labeled_set:
+        return load_csv_set(e.labeled_set, m.image_size, m.channels, names, e.max_test_images)
+    return (*load_idx_set(e.test_images, e.test_labels, e.max_test_images), names)
+
+
+def load_holdout(holdout_path: str | Path, shard_root: str | Path, m: ModelConfig,
+                 uids: list[str] | None = None) -> tuple[list[str], torch.Tensor, list[str]]:
+    """The pretrain stage's held-out (uid, image, caption) rows (only `uids` when given), read from the shards."""
+    holdout = pl.read_parquet(holdout_path)
+    if uids is not None:
+        holdout = holdout.filter(pl.col("uid").is_in(uids))
+    return load_samples(shard_paths(shard_root, holdout), holdout["uid"].to_list(), m.image_size, m.channels,
+                        progress=False)
+
+
+def zero_shot_on_test_set(checkpoint: str | Path, e: EvalConfig) -> dict[str, float]:
+    """A checkpoint's zero-shot metrics (the promotion gate's) on the configured test set, with its own templates."""
+    model, tokenizer = load_checkpoint(checkpoint)
+    images, labels, classes = load_test_set(e, model.config)
+    metrics, _ = zero_shot(model, tokenizer, images, labels, classes, checkpoint_templates(checkpoint), e.batch_size)
+    return dict(zip(GATE, (metrics["top1"], metrics["top5"], metrics["mean_per_class_recall"]), strict=True))
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    metrics: dict[str, float]  # the flat keys of outputs/metrics.json
+    model_config: ModelConfig  # what the checkpoint was built with (image size, channels)
+
+
+def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root: str | Path, e: EvalConfig,
+                   out: str | Path, metrics_path: str | Path) -> EvaluationResult:
+    """Evaluate the checkpoint on the test set, the held-out pairs and (with `probe_size`) a linear probe; writes
+    `metrics_path` and out/details.json (per-class accuracy, confusions, retrieval examples)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_checkpoint(checkpoint)
+    test_images, test_labels, class_names = load_test_set(e, model.config)
+    uids, holdout_images, holdout_captions = load_holdout(holdout_path, shard_root, model.config)
+    probe = load_idx_set(e.probe_images, e.probe_labels, e.probe_size) if e.probe_size > 0 else None
+    result = evaluate_model(model, tokenizer, test_images, test_labels, class_names, checkpoint_templates(checkpoint),
+                            holdout_images, holdout_captions, e.batch_size, probe)
+    similarity = result["retrieval_similarity"]  # (images, captions)
+    examples = [
+        {"caption": holdout_captions[j], "caption_uid": uids[j],
+         "top_uids": [uids[i] for i in np.argsort(-similarity[:, j])[:TOP_K_EXAMPLES]]}
+        for j in range(min(e.num_examples, len(uids)))
+    ]
+    confused = [{"true": class_names[i], "predicted": class_names[j], "count": n,
+                 "examples": [int(x) for x in np.flatnonzero((test_labels == i) & (result["predictions"] == j))[:6]]}
+                for i, j, n in top_confusions(result["confusion"])]
+    details = {"class_names": class_names, "per_class_accuracy": result["per_class_accuracy"],
+               "confused_pairs": confused, "confusion": result["confusion"], "retrieval_examples": examples,
+               "test_images": len(test_labels), "holdout_pairs": len(uids)}
+    Path(metrics_path).write_text(json.dumps(result["metrics"], indent=2))
+    (out / "details.json").write_text(json.dumps(details, indent=2))
+    return EvaluationResult(result["metrics"], dataclasses.replace(model.config))

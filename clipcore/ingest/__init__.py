@@ -1,0 +1,1 @@
+"""The ingest stage: caption sources -> fetched, validated, resized images in webdataset shards + manifests."""

@@ -1,0 +1,210 @@
+"""Ingestion: any caption source -> validated, resized images in webdataset tar shards, one parquet manifest
+per shard and `_stats.json`.
+
+Every input row gets exactly one manifest row: `status` is `success` (the sample is in the shard's tar) or a
+failure status with an `error` reason; nothing is dropped silently. Shards are written atomically (tar,
+then manifest), so a rerun skips complete shards and redoes partial ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import imagehash
+import polars as pl
+from PIL import Image
+from tqdm import tqdm
+
+from clipcore.config import IngestConfig
+from clipcore.data.images import decode_image
+from clipcore.data.layout import read_manifest, shard_count, shard_name
+from clipcore.ingest.fetch import Fetcher, FetchError
+from clipcore.ingest.sources import TABLE_FORMATS, detect_format, read_input
+
+MANIFEST_SCHEMA = {
+    "uid": pl.String, "url": pl.String, "caption": pl.String, "width": pl.Int32, "height": pl.Int32,
+    "original_width": pl.Int32, "original_height": pl.Int32, "sha256": pl.String, "phash": pl.String,
+    "shard": pl.String, "status": pl.String, "error": pl.String,
+}
+STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
+_progress = None  # a shared counter, set in each worker process
+
+
+def prepare_rows(table: pl.DataFrame, config: IngestConfig, dedupe_urls: bool = True) -> pl.DataFrame:
+    """Add `uid` and the reasons decidable without fetching: source errors, missing, huge captions, repeat URLs.
+
+    `dedupe_urls=False` for COCO, where several captions of one image share its URL by design.
+    """
+    first_url = pl.col("url").is_first_distinct() | pl.col("url").is_null() | pl.lit(not dedupe_urls)
+    reason = (
+        pl.when(pl.col("source_error").is_not_null()).then(pl.col("source_error"))
+        .when(pl.col("caption").is_null()).then(pl.lit("caption_missing"))
+        .when(pl.col("caption").str.len_chars() > config.max_caption_chars).then(pl.lit("caption_too_long"))
+        .when(~first_url).then(pl.lit("duplicate_url"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    width = max(9, len(str(table.height)))
+    return table.with_columns(
+        uid=pl.int_range(pl.len()).cast(pl.String).str.zfill(width), source_error=reason
+    )
+
+
+def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, int, int]:
+    """Downscale to `max_side` (keeping the aspect ratio) and re-encode; returns (bytes, ext, width, height)."""
+    if max(image.size) > config.max_side:
+        image.thumbnail((config.max_side, config.max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if config.encode_format == "png":
+        if image.mode not in ("L", "RGB", "RGBA", "LA"):
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        image.save(buf, format="PNG")
+        ext = "png"
+    elif config.encode_format == "jpg":
+        image.convert("L" if image.mode in ("L", "LA", "1") else "RGB").save(buf, format="JPEG",
+                                                                              quality=config.jpeg_quality)
+        ext = "jpg"
+    else:
+        raise ValueError(f"ingest.encode_format must be jpg or png, not {config.encode_format!r}")
+    return buf.getvalue(), ext, image.width, image.height
+
+
+class ShardWriter:
+    """webdataset's tar layout (`key.ext` members, a sample's files adjacent), written with the standard library so
+    ingestion workers need no torch. Fixed mtime and owner: identical input gives byte-identical shards."""
+
+    def __init__(self, path: Path):
+        self.tar = tarfile.open(path, "w")  # noqa: SIM115 (closed in __exit__)
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        for ext, payload in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(payload), 0o444, 0
+            self.tar.addfile(info, io.BytesIO(payload))
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.tar.close()
+
+
+def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
+    """One row -> (manifest fields, (encoded bytes, extension) when it succeeded)."""
+    out = {"status": STATUS_INPUT, "error": row["source_error"]}
+    if row["source_error"] is None:
+        try:
+            payload = fetcher.fetch(row["url"])
+        except FetchError as err:
+            return {"status": STATUS_DOWNLOAD, "error": err.reason}, None
+        out["sha256"] = hashlib.sha256(payload).hexdigest()
+        try:
+            image = decode_image(payload, config.max_pixels)
+        except ValueError as err:
+            return {**out, "status": STATUS_DECODE, "error": str(err).split(":")[0]}, None
+        out.update(original_width=image.width, original_height=image.height, phash=str(imagehash.phash(image)))
+        encoded, ext, width, height = encode_image(image, config)
+        out.update(width=width, height=height, status="success", error=None)
+        return out, (encoded, ext)
+    return out, None
+
+
+def _init_worker(counter) -> None:
+    global _progress
+    _progress = counter
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestConfig, local_root: str | None) -> dict:
+    """Fetch, validate and write one shard: `NNNNN.tar` then `NNNNN.parquet` (both atomically)."""
+    out = Path(output_dir)
+    fetcher = Fetcher(config, Path(local_root) if local_root else None)
+    name = shard_name(index)
+    records = []
+    tmp_tar = out / f"{name}.tar.tmp"
+    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool, ShardWriter(tmp_tar) as writer:
+        for row, (fields, sample) in zip(rows, pool.map(lambda r: process_row(r, fetcher, config), rows), strict=True):
+            record = {k: v for k, v in row.items() if k != "source_error"}
+            record.update(fields, shard=f"{name}.tar" if sample else None)
+            if sample is not None:
+                payload, ext = sample
+                meta = {k: record.get(k) for k in ("uid", "url", "width", "height", "original_width",
+                                                   "original_height", "sha256")}
+                files = {ext: payload, "txt": row["caption"].encode(), "json": json.dumps(meta).encode()}
+                writer.write(row["uid"], files)
+            records.append(record)
+            if _progress is not None:
+                with _progress.get_lock():
+                    _progress.value += 1
+    tmp_tar.rename(out / f"{name}.tar")
+    records = [{**dict.fromkeys(MANIFEST_SCHEMA), **r} for r in records]  # known columns first, extras after
+    manifest = pl.DataFrame(records, schema_overrides=MANIFEST_SCHEMA, infer_schema_length=None)
+    manifest.write_parquet(out / f"{name}.parquet.tmp")
+    (out / f"{name}.parquet.tmp").rename(out / f"{name}.parquet")
+    return {"shard": index, "rows": len(records)}
+
+
+def shard_is_complete(output_dir: Path, index: int) -> bool:
+    name = shard_name(index)
+    return (output_dir / f"{name}.parquet").exists() and (output_dir / f"{name}.tar").exists()
+
+
+def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
+           shard_range: tuple[int, int] | None = None) -> dict:
+    """Ingest `config.input` into `output_dir`; returns the stats also written to `_stats.json`.
+
+    Args:
+        shard_range: only shards `first..last` (inclusive), e.g. one Dagster partition; None does all.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = read_input(config)
+    fmt = detect_format(config.input) if config.input_format == "auto" else config.input_format
+    rows = prepare_rows(table, config, dedupe_urls=fmt != "coco")
+    # local files are fetched only from folders, tar shards, COCO, or tables that declare local paths
+    allow_local = config.local_paths or fmt not in TABLE_FORMATS
+    local_root = str(Path(config.input).resolve().parent) if allow_local else None
+    count = shard_count(rows.height, config.shard_size)
+    first, last = shard_range if shard_range else (0, count - 1)
+    todo = [i for i in range(first, min(last, count - 1) + 1) if not shard_is_complete(output_dir, i)]
+    spawn = multiprocessing.get_context("spawn")
+    counter = spawn.Value("l", 0)
+    total = sum(min(config.shard_size, rows.height - i * config.shard_size) for i in todo)
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=f"ingest ({len(todo)} shards)", unit="img", disable=not progress)
+    with ProcessPoolExecutor(max_workers=max(1, min(config.processes, len(todo) or 1)),
+                             mp_context=spawn, initializer=_init_worker,
+                             initargs=(counter,)) as pool:
+        futures = [pool.submit(write_shard, i, rows.slice(i * config.shard_size, config.shard_size).to_dicts(),
+                               str(output_dir), config, local_root) for i in todo]
+        while not all(f.done() for f in futures):
+            time.sleep(0.25)
+            bar.update(counter.value - bar.n)
+        for f in futures:
+            f.result()  # re-raise a worker's crash with its traceback
+        bar.update(counter.value - bar.n)
+    bar.close()
+    stats = ingest_stats(read_manifest(output_dir))
+    stats.update(shards=count, shards_written=len(todo), seconds=round(time.perf_counter() - start, 2))
+    (output_dir / "_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def ingest_stats(manifest: pl.DataFrame) -> dict:
+    """Totals per status and per error reason."""
+    by_status = manifest.group_by("status").len().sort("status")
+    by_error = manifest.filter(pl.col("error").is_not_null()).group_by("error").len().sort("len", descending=True)
+    return {
+        "rows": manifest.height,
+        "success": int((manifest["status"] == "success").sum()),
+        "failed": int((manifest["status"] != "success").sum()),
+        "by_status": dict(zip(by_status["status"].to_list(), by_status["len"].to_list(), strict=True)),
+        "by_error": dict(zip(by_error["error"].to_list(), by_error["len"].to_list(), strict=True)),
+    }

@@ -1,0 +1,200 @@
+"""A self-contained HTML report (plots embedded as base64 PNG) and its Markdown summary."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clipcore.evaluate.metric_names import SUMMARY  # noqa: E402
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows; plain values only."""
+
+    funnel: dict  # rows_in, kept, rejected, rejected_by_reason
+    history: list[dict]  # step, loss, lr, temperature
+    metrics: dict[str, float]
+    class_names: list[str]
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]
+    retrieval_examples: list[dict]  # caption, images: [(uint8 array, is_match)]
+    identifiers: dict[str, str]
+    decision: str
+    config: dict = field(default_factory=dict)
+    runs: list[dict] = field(default_factory=list)  # every training run: filter settings, loss, top-1
+    confused_pairs: list[dict] = field(default_factory=list)  # true, predicted, count, images: [uint8 arrays]
+    comparison: list[dict] = field(default_factory=list)  # candidate vs champion on the same test set
+
+
+def _figure_to_data_uri(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _thumbnail(image: np.ndarray, size: int = 64) -> str:
+    array = image.squeeze()
+    buf = io.BytesIO()
+    Image.fromarray(array).resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_funnel(funnel: dict) -> str:
+    labels = ["rows in", "kept"] + list(funnel["rejected_by_reason"])
+    values = [funnel["rows_in"], funnel["kept"]] + list(funnel["rejected_by_reason"].values())
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1))
+    colors = ["#4c72b0", "#55a868"] + ["#c44e52"] * (len(labels) - 2)
+    ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+    for i, v in enumerate(values[::-1]):
+        ax.text(v, i, f" {v:,}", va="center")
+    ax.set_xscale("log")
+    ax.set_title("Data funnel (log scale)")
+    return _figure_to_data_uri(fig)
+
+
+def plot_training(history: list[dict]) -> str:
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for ax, key in zip(axes, ["loss", "lr", "temperature"], strict=True):
+        ax.plot(steps, [h[key] for h in history])
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return _figure_to_data_uri(fig)
+
+
+def plot_diagnostics(history: list[dict]) -> str:
+    """Chen et al.'s quantities over training (on each logged batch): positive vs hardest-negative cosine, margin."""
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    axes[0].plot(steps, [h["positive_cosine"] for h in history], label="positive pairs")
+    axes[0].plot(steps, [h["hardest_negative_cosine"] for h in history], label="hardest negative")
+    axes[0].legend()
+    axes[0].set_title("cosine")
+    axes[1].plot(steps, [h["margin"] for h in history])
+    axes[1].set_title("margin (positive - hardest negative)")
+    axes[2].plot(steps, [h["modality_gap"] for h in history])
+    axes[2].set_title("modality gap")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return _figure_to_data_uri(fig)
+
+
+def plot_per_class(class_names: list[str], accuracy: list[float]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(class_names, accuracy, color="#4c72b0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("zero-shot accuracy")
+    ax.tick_params(axis="x", rotation=45)
+    return _figure_to_data_uri(fig)
+
+
+def plot_confusion(class_names: list[str], confusion: list[list[int]]) -> str:
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > matrix.max() / 2 else "black")
+    ax.set_title("Zero-shot confusion matrix")
+    return _figure_to_data_uri(fig)
+
+
+def _table(rows: dict) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items())
+    return f"<table>{body}</table>"
+
+
+def _rows_table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>No other runs yet.</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.values()) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_report(inputs: ReportInputs) -> str:
+    """The whole report as one HTML string."""
+    f = inputs.funnel
+    funnel_rows = {"rows in": f["rows_in"], "kept": f["kept"], "rejected": f["rejected"],
+                   **{f"rejected: {k}": v for k, v in f["rejected_by_reason"].items()}}
+    examples = []
+    for ex in inputs.retrieval_examples:
+        thumbs = "".join(
+            f'<img src="{_thumbnail(img)}" class="{"hit" if hit else "miss"}" alt="retrieved image">'
+            for img, hit in ex["images"]
+        )
+        examples.append(f'<div class="example"><p>"{html.escape(ex["caption"])}"</p>{thumbs}</div>')
+    sections = [
+        ("Summary", f"<p>{html.escape(inputs.decision)}</p>" + _table(
+            {k: inputs.metrics[k] for k in SUMMARY if k in inputs.metrics})
+         + "<h3>Candidate vs champion (same test set)</h3>" + _rows_table(inputs.comparison)),
+        ("Data funnel", f'<img src="{plot_funnel(f)}" alt="data funnel">' + _table(funnel_rows)),
+        ("Training", f'<img src="{plot_training(inputs.history)}" alt="training curves">'
+         + (f'<img src="{plot_diagnostics(inputs.history)}" alt="margin diagnostics">'
+            if inputs.history and "margin" in inputs.history[0] else "")),
+        ("Zero-shot classification",
+         f'<img src="{plot_per_class(inputs.class_names, inputs.per_class_accuracy)}" alt="per-class accuracy">'
+         f'<img src="{plot_confusion(inputs.class_names, inputs.confusion)}" alt="confusion matrix">'
+         + "<h3>Most confused pairs</h3>" + "".join(
+             f'<div class="example"><p>{html.escape(p["true"])} predicted as {html.escape(p["predicted"])}: '
+             f'{p["count"]} images</p>' + "".join(f'<img src="{_thumbnail(im)}" alt="confused example">'
+                                                  for im in p["images"]) + "</div>"
+             for p in inputs.confused_pairs)),
+        ("Retrieval", "<p>Held-out captions and the top images they retrieve (green: the caption's own image). "
+         "Templated captions describe a class, not one image, so many images match each caption equally well "
+         "and R@k is low by construction; the examples show whether the retrieved images fit the caption.</p>"
+         + "".join(examples)),
+        ("Runs compared", "<p>Every evaluated training run in the experiment, newest first: the effect of "
+         "filtering (including CLIP-score filtering by the champion) and of the loss on zero-shot top-1.</p>"
+         + _rows_table(inputs.runs)),
+        ("All metrics", _table(inputs.metrics)),
+        ("Run and model", _table(inputs.identifiers)),
+        ("Configuration", _table(inputs.config)),
+    ]
+    body = "".join(f'<section id="{t.lower().replace(" ", "-")}"><h2>{t}</h2>{c}</section>' for t, c in sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>CLIP pipeline report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }} th, td {{ border: 1px solid #ddd; padding: 3px 8px; }}
+th {{ text-align: left; background: #f5f5f5; font-weight: normal; }} img {{ max-width: 100%; }}
+.example img {{ margin: 2px; border: 3px solid #ccc; }} .example img.hit {{ border-color: #2a2; }}
+</style></head>
+<body><h1>CLIP pipeline report</h1>{body}</body></html>
+"""
+
+
+def render_summary(inputs: ReportInputs) -> str:
+    """A short Markdown summary (shown as the report asset's Dagster metadata)."""
+    m = inputs.metrics
+    lines = [
+        "# CLIP pipeline report", "", inputs.decision, "",
+        "| metric | value |", "|---|---|",
+        *[f"| {k} | {m[k]:.4f} |" for k in m if k.startswith(("zero_shot", "retrieval"))],
+        "", f"Data: {inputs.funnel['rows_in']:,} rows in, {inputs.funnel['kept']:,} kept, "
+        f"{inputs.funnel['rejected']:,} rejected.", "",
+        f"![zero-shot accuracy per class]({plot_per_class(inputs.class_names, inputs.per_class_accuracy)})",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The report stage end to end: every stage's products -> out/index.html (self-contained) and out/summary.md."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipcore.config import EvalConfig, ModelConfig
+from clipcore.evaluate.stage import load_holdout, load_test_set
+from clipcore.report.render import ReportInputs, render_report, render_summary
+
+
+@dataclass(frozen=True)
+class ReportSources:
+    """Where the report reads each stage's products, and what it states beside them."""
+
+    funnel: dict  # the filter stage's counts
+    history: str  # the pretrain stage's history.json
+    holdout: str  # held-out pairs (uid, shard) of the pretrain stage
+    shard_root: str  # the ingest folder holding their images
+    metrics: dict[str, float]
+    details: str  # the evaluate stage's details.json
+    decision: dict  # the promotion decision: reason, candidate/champion versions and metrics
+    test_set: EvalConfig  # the test set evaluated (for thumbnails of confused images)
+    model: ModelConfig  # the size and channels the model was built with
+    identifiers: dict[str, str]  # runs, versions, lineage
+    runs: list[dict]  # earlier training runs to compare with
+    config: dict  # the training configuration shown
+
+
+def comparison_rows(decision: dict) -> list[dict]:
+    """Candidate beside the champion (both on the same test set) with the deltas."""
+    champion = decision.get("champion") or {}
+    rows = []
+    for key, value in decision["candidate"].items():
+        other = champion.get(key)
+        rows.append({"metric": key, f"candidate v{decision['candidate_version']}": value,
+                     f"champion v{decision['champion_version'] or '-'}": "-" if other is None else other,
+                     "delta": "-" if other is None else f"{value - other:+.4f}"})
+    return rows
+
+
+def confused_examples(details: dict, src: ReportSources) -> list[dict]:
+    """The most confused class pairs with a few of the test images behind each."""
+    images = load_test_set(src.test_set, src.model)[0].numpy()  # (N, C, S, S) or (N, S, S) uint8
+    return [{**pair, "images": [images[i] for i in pair["examples"]]} for pair in details.get("confused_pairs", [])]
+
+
+def retrieval_examples(details: dict, src: ReportSources) -> list[dict]:
+    """Each example caption with the thumbnails of its top images (and whether each is the caption's own)."""
+    examples = details["retrieval_examples"]
+    uids = sorted({u for ex in examples for u in ex["top_uids"]})
+    loaded, images, _ = load_holdout(src.holdout, src.shard_root, src.model, uids)
+    by_uid = {u: images[i].numpy() for i, u in enumerate(loaded)}
+    return [{"caption": ex["caption"], "images": [(by_uid[u], u == ex["caption_uid"]) for u in ex["top_uids"]]}
+            for ex in examples]
+
+
+def build_report(src: ReportSources, out: str | Path) -> str:
+    """Write out/index.html and out/summary.md; returns the Markdown summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    details = json.loads(Path(src.details).read_text())
+    inputs = ReportInputs(
+        funnel=src.funnel,
+        history=json.loads(Path(src.history).read_text()),
+        metrics=src.metrics,
+        class_names=details["class_names"],
+        per_class_accuracy=details["per_class_accuracy"],
+        confusion=details["confusion"],
+        retrieval_examples=retrieval_examples(details, src),
+        identifiers=src.identifiers,
+        decision=src.decision["reason"],
+        comparison=comparison_rows(src.decision),
+        runs=src.runs,
+        confused_pairs=confused_examples(details, src),
+        config=src.config,
+    )
+    (out / "index.html").write_text(render_report(inputs))
+    summary = render_summary(inputs)
+    (out / "summary.md").write_text(summary)
+    return summary

@@ -1,0 +1,298 @@
+"""The pretraining loop: AdamW with decay only on matrices, warm-up + cosine schedule, bf16 on CUDA."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from clipcore.config import LossConfig, TrainConfig
+from clipcore.model.clip_model import ClipModel
+from clipcore.model.margins import margin_diagnostics
+from clipcore.train.batches import RowBatches, step_batches
+from clipcore.train.distributed import (
+    gather_with_grad,
+    init_from_env,
+    is_distributed,
+    mean_over_processes,
+    rank_and_world,
+)
+from clipcore.train.losses import LOSSES, contrastive_loss
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: per-logged-step history and throughput."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    data_wait_seconds: float = 0.0
+    device: str = "cpu"
+    extra_state: dict = field(default_factory=dict)
+    flops_per_sample: float = 0.0  # forward + backward, counted on the first step
+    peak_memory_bytes: int = 0  # this process: CUDA max allocated, or CPU peak resident set
+    peak_tflops: float | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+    @property
+    def achieved_tflops(self) -> float:
+        """Model FLOP/s actually sustained by this process (its share of each global batch)."""
+        return self.flops_per_sample * self.samples_per_second / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilization against `train.peak_tflops` (None when no peak is configured)."""
+        return self.achieved_tflops / self.peak_tflops if self.peak_tflops else None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: CUDA's max allocated bytes, or the CPU's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor, config: LossConfig,
+                 scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch on `config.name` to clipcore.train.losses; across processes, each scores its rows against all columns.
+
+    `scale` and `bias` default to the model's `scale()` and `logit_bias`."""
+    scale = model.scale() if scale is None else scale
+    bias = model.logit_bias if bias is None else bias
+    columns = gather_with_grad(image_emb, text_emb)  # (N, D), (N, D), offset
+    return contrastive_loss(config, image_emb, text_emb, scale, bias, *columns)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 embeddings (autocast) are promoted for the loss; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def backward_step(forward: torch.nn.Module, model: ClipModel, pixels: torch.Tensor, ids: torch.Tensor,
+                  config: LossConfig, micro_batches: int = 1,
+                  autocast=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch, gradients accumulated into the parameters' `.grad`.
+
+    With `micro_batches` > 1 (GradCache, Gao et al. 2021): a contrastive loss needs every row at once, so embed all
+    micro-batches without an autograd graph, take the loss and its gradients w.r.t. the embeddings, the scale and the
+    bias, then re-run each micro-batch with a graph and back-propagate those gradients into the towers. Gradients equal
+    the single-batch ones; only one micro-batch's activations are alive. Under DDP, gradients are averaged across
+    processes once, on the last micro-batch. Returns (loss, image embeddings, text embeddings), detached.
+    """
+    autocast = autocast or nullcontext()
+    if micro_batches == 1:
+        with autocast:
+            image_emb, text_emb = (_at_least_fp32(e) for e in forward(pixels, ids))  # (B, D) each
+            value = compute_loss(model, image_emb, text_emb, config)
+        value.backward()
+        return value.detach(), image_emb.detach(), text_emb.detach()
+    chunks = list(zip(pixels.chunk(micro_batches), ids.chunk(micro_batches), strict=True))
+    with torch.no_grad(), autocast:
+        cached = [forward(p, i) for p, i in chunks]
+    image_emb = _at_least_fp32(torch.cat([c[0] for c in cached])).requires_grad_()
+    text_emb = _at_least_fp32(torch.cat([c[1] for c in cached])).requires_grad_()
+    scale = model.scale().detach().requires_grad_()
+    bias = model.logit_bias.detach().requires_grad_()
+    value = compute_loss(model, image_emb, text_emb, config, scale=scale, bias=bias)
+    value.backward()  # gradients w.r.t. the cached embeddings, scale and bias only
+    image_grads = image_emb.grad.split([len(c[0]) for c in cached])
+    text_grads = text_emb.grad.split([len(c[1]) for c in cached])
+    no_sync = getattr(forward, "no_sync", None)  # DDP: reduce gradients once, after the last micro-batch
+    for k, ((p, i), g_image, g_text) in enumerate(zip(chunks, image_grads, text_grads, strict=True)):
+        last = k == len(chunks) - 1
+        with nullcontext() if last or no_sync is None else no_sync():
+            with autocast:
+                image_part, text_part = forward(p, i)
+            surrogate = (image_part * g_image).sum() + (text_part * g_text).sum()
+            if last:  # the scale's (and bias's) gradient enters through the same backward as the towers'
+                surrogate = surrogate + (model.scale() * scale.grad).sum()
+                if bias.grad is not None:  # only SigLIP uses the bias
+                    surrogate = surrogate + (model.logit_bias * bias.grad).sum()
+            surrogate.backward()
+    return value.detach(), image_emb.detach(), text_emb.detach()
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation recomputation in every transformers tower that supports it."""
+    towers = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    if not towers:
+        raise ValueError("train.grad_checkpointing: the model has no tower that supports gradient checkpointing")
+    for tower in towers:
+        tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only, never on gains, biases, embeddings' 1-d params or the logit scale."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=1e-6, fused=fused or None)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear from 0 to 1 over the warm-up, then cosine down to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def save_training_state(path: str | Path, next_step: int, order: torch.Tensor, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, scheduler, generator: torch.Generator,
+                        result: TrainResult, extra: dict) -> None:
+    """Everything a resumed run needs, written to a temporary file and renamed (a crash never leaves half a file).
+    Plain tensors and containers only, so it loads with `torch.load(weights_only=True)`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"next_step": next_step, "order": order, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state(), "history": result.history, "extra": extra}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                        generator: torch.Generator, result: TrainResult) -> tuple[int, torch.Tensor]:
+    """Restore what `save_training_state` wrote; returns (the step to run next, the epoch's row order)."""
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    result.history = list(state["history"])
+    result.extra_state = dict(state["extra"])
+    return int(state["next_step"]), state["order"]
+
+
+def train_clip(
+    model: ClipModel,
+    images: torch.Tensor,  # (N, H, W) uint8
+    tokens: torch.Tensor,  # (N, L) int64
+    train: TrainConfig,
+    loss: LossConfig,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    extra_state: dict | None = None,
+) -> TrainResult:
+    """Train `model` in place on aligned (image, caption) rows with the configured objective.
+
+    `on_log` receives {step, epoch, loss, lr, temperature, logit_scale, diagnostics} every `train.log_every` steps
+    (and on the last step); the same records are returned in `TrainResult.history`.
+
+    With `state_path` and `train.checkpoint_every`, the whole training state is written there atomically every
+    that many steps; `resume=True` continues from it, giving on the CPU bitwise the weights of an uninterrupted
+    run. `extra_state` (e.g. the MLflow run id) is stored beside it and comes back in `TrainResult.extra_state`.
+    """
+    if len(images) != len(tokens):
+        raise ValueError(f"{len(images)} images but {len(tokens)} captions")
+    if len(images) < train.batch_size:
+        raise ValueError(f"{len(images)} training rows < batch_size={train.batch_size}")
+    device = resolve_device(train.device)
+    init_from_env(device)
+    rank, world = rank_and_world()
+    if train.batch_size % world:
+        raise ValueError(f"batch_size={train.batch_size} is not divisible by the {world} processes")
+    local = train.batch_size // world  # each process's share of the global batch
+    if local % train.accum_steps:
+        raise ValueError(f"the per-process batch {local} is not divisible by accum_steps={train.accum_steps}")
+    torch.manual_seed(train.seed)
+    memory_format = torch.channels_last if train.channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format).train()
+    model.logit_bias.requires_grad_(LOSSES[loss.name].uses_bias)  # DDP needs every trainable parameter used
+    if train.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    eager = DistributedDataParallel(model) if is_distributed() else model
+    forward = torch.compile(eager) if train.compile else eager
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    steps_per_epoch = len(images) // train.batch_size  # drop_last: every step sees a full batch
+    total = max(1, round(train.epochs * steps_per_epoch))
+    optimizer = build_optimizer(model, train, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, total))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    generator = torch.Generator().manual_seed(train.seed)  # same order on every process
+    result = TrainResult(device=str(device))
+    order = torch.empty(0, dtype=torch.long)
+    first_step = 0
+    if resume:
+        if state_path is None or not Path(state_path).exists():
+            raise FileNotFoundError(f"cannot resume: no training state at {state_path}")
+        first_step, order = load_training_state(state_path, model, optimizer, scheduler, generator, result)
+    start = time.perf_counter()
+    bar = tqdm(total=total, initial=first_step, unit="step", desc=f"pretrain ({loss.name}, {device.type} x{world})",
+               disable=not progress or rank > 0)
+    batches = step_batches(RowBatches(images, tokens), generator, order, first_step, total, train.batch_size, rank,
+                           world, train.workers, pin_memory=device.type == "cuda")
+    fetch = time.perf_counter()
+    for batch in batches:
+        step, order = batch.step, batch.order
+        pixels = batch.pixels.to(device, non_blocking=True, memory_format=memory_format)  # (B, C, H, W)
+        ids = batch.ids.to(device, non_blocking=True)  # (B, L)
+        result.data_wait_seconds += time.perf_counter() - fetch
+        # the first step runs eagerly and counts its FLOPs (forward + backward) for the throughput and MFU estimates
+        counting = step == first_step
+        optimizer.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) if counting else nullcontext() as counter:
+            value, image_emb, text_emb = backward_step(eager if counting else forward, model, pixels, ids, loss,
+                                                       train.accum_steps, autocast)
+        if counting:
+            result.flops_per_sample = counter.get_total_flops() / local
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        optimizer.step()
+        scheduler.step()
+        model.clamp_logit_scale()
+        if step % train.log_every == 0 or step == total - 1:
+            scale = model.scale().item()
+            record = {
+                "step": step, "epoch": step / steps_per_epoch, "loss": mean_over_processes(value),
+                "lr": lr, "logit_scale": scale, "temperature": 1 / scale,
+                **margin_diagnostics(image_emb, text_emb),
+            }
+            result.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
+            if on_log and rank == 0:
+                on_log(record)
+        if state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and rank == 0:
+            save_training_state(state_path, step + 1, order, model, optimizer, scheduler, generator, result,
+                                extra_state or {})
+        bar.update()
+        fetch = time.perf_counter()
+    bar.close()
+    result.steps, result.samples = total - first_step, (total - first_step) * train.batch_size
+    result.peak_memory_bytes = peak_memory_bytes(device)
+    result.peak_tflops = train.peak_tflops
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result

@@ -1,0 +1,111 @@
+"""The pretrain stage's asset (in this process, or torchrun through Dagster Pipes) and its check."""
+
+import json
+from pathlib import Path
+
+import mlflow
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    PipesSubprocessClient,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from clipcore.config import flatten
+from pipelines.assets import GROUP, StageConfig
+from pipelines.pipes_train import METRICS
+from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
+from pipelines.resources import MLflowResource, PipelineResource
+from pipelines.tracking import log_and_register
+from pipelines.values import CaptionShards, FilteredCaptions, TrainedModel
+
+
+class PretrainConfig(StageConfig):
+    """Overrides plus where training runs."""
+
+    launcher: str = Field(default="in_process", description="`in_process`, or `torchrun`: an external torchrun "
+                          "launched through Dagster Pipes, streaming logs and metrics back")
+    nproc_per_node: int = Field(default=2, description="torchrun processes per node")
+    nnodes: int = Field(default=1, description="torchrun nodes (more than 1 needs a rendezvous endpoint)")
+    resume: bool = Field(default=False, description="continue an interrupted training from "
+                         "outputs/clip_model/train_state.pt (set train.checkpoint_every), in the MLflow run it started")
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The run-level training figures logged to MLflow."""
+    return {"train_samples_per_second": summary["samples_per_second"], "train_rows": summary["train_rows"],
+            "train_seconds": summary["seconds"],
+            "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9),
+            "flops_per_sample": summary["flops_per_sample"], "achieved_tflops": summary["achieved_tflops"],
+            "peak_memory_mb": summary["peak_memory_mb"],
+            **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {})}
+
+
+@asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline: PipelineResource,
+               mlflow_store: MLflowResource, pipes_subprocess_client: PipesSubprocessClient,
+               caption_shards: CaptionShards, filtered_captions: FilteredCaptions) -> Output[TrainedModel]:
+    """A CLIP model trained on the kept rows, checkpointed as safetensors, logged and registered in MLflow."""
+    cfg = pipeline.load_config("pretrain", config.overrides)
+    out = pipeline.stage_dir("clip_model")
+    mlflow_store.setup(cfg.registry.experiment)
+    resumed_run_id = resumable_run_id(out / "train_state.pt") if config.resume else None
+    params = flatten({"model": cfg.model, "loss": cfg.loss, "train": cfg.train, "eval": cfg.eval})
+
+    def on_log(record: dict) -> None:
+        mlflow.log_metrics({k: record[k] for k in METRICS}, step=int(record["step"]))
+
+    with mlflow.start_run(run_id=resumed_run_id, run_name=None if config.resume else f"pretrain-{cfg.loss.name}",
+                          log_system_metrics=True) as run:
+        if config.resume:  # same run: its params stay; the resuming Dagster run is recorded beside the first one
+            mlflow.set_tag("resumed_by_dagster_run_id", context.run_id)
+            context.log.info(f"resuming MLflow run {run.info.run_id} from {out / 'train_state.pt'}")
+        else:
+            mlflow.log_params(params)
+            mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
+        if config.launcher == "torchrun":
+            command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions.kept,
+                                       caption_shards.dir, out, config.nproc_per_node, config.nnodes, config.resume,
+                                       run.info.run_id)
+            summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
+        elif config.launcher == "in_process":
+            summary, history = train_in_process(filtered_captions.kept, caption_shards.dir, out, cfg, on_log,
+                                                config.resume, run.info.run_id)
+        else:
+            raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
+        mlflow.log_metrics(summary_metrics(summary))
+        model_uri, version = log_and_register(out / "checkpoint", cfg.registry.model_name)
+    value = TrainedModel(dir=str(out), checkpoint=str(out / "checkpoint"), holdout=str(out / "holdout.parquet"),
+                         history=str(out / "history.json"), run_id=run.info.run_id,
+                         model_name=cfg.registry.model_name, model_version=version, model_uri=model_uri,
+                         loss=cfg.loss.name, config=params)
+    return Output(value, metadata={
+        "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
+        "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
+        "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
+        "resumed": config.resume,
+        "device": summary["device"], "train_seconds": round(summary["seconds"], 1),
+        "samples_per_second": round(summary["samples_per_second"], 1),
+        "achieved_tflops": round(summary["achieved_tflops"], 4), "peak_memory_mb": round(summary["peak_memory_mb"]),
+        "streamed_records": summary.get("streamed_records", len(history)),
+        "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
+        "final_temperature": history[-1]["temperature"],
+        "config": MetadataValue.json(params),
+    })
+
+
+@asset_check(asset=clip_model, description="Training lowered the loss and kept the logit scale within (0, 100].")
+def training_converged(clip_model: TrainedModel) -> AssetCheckResult:
+    history = json.loads(Path(clip_model.history).read_text())
+    first, last = history[0]["loss"], history[-1]["loss"]
+    scale = history[-1]["logit_scale"]
+    return AssetCheckResult(passed=last < first and 1.0 <= scale <= 100.0, severity=AssetCheckSeverity.WARN,
+                            metadata={"first_loss": first, "final_loss": last, "final_logit_scale": scale})
+
+
+ASSETS, CHECKS = [clip_model], [training_converged]

@@ -1,0 +1,86 @@
+"""What each asset hands the next: one small frozen dataclass per asset, stored as JSON by the IO manager
+(pipelines.io). Heavy products (shards, checkpoints) stay files; these say where they are and what they hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CaptionShards:
+    """caption_shards: webdataset shards + one parquet manifest per shard."""
+
+    dir: str
+    rows: int
+    success: int
+    failed: int
+    shards: int
+    input: str  # the ingest input these shards were made from
+    overrides: list[str]  # the run's `section.key=value` overrides (its checks apply them too)
+
+
+@dataclass(frozen=True)
+class FilteredCaptions:
+    """filtered_captions: kept.parquet, rejected.parquet (one reason per row) and the funnel."""
+
+    dir: str
+    kept: str
+    rejected: str
+    funnel: dict  # rows_in, kept, rejected, rejected_by_reason
+    config: dict  # the filter params used, flat
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """clip_model: a checkpoint, its history and held-out pairs, its MLflow run and registered version."""
+
+    dir: str
+    checkpoint: str
+    holdout: str
+    history: str
+    run_id: str
+    model_name: str
+    model_version: str
+    model_uri: str
+    loss: str
+    config: dict  # the model, loss and train params used, flat
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """evaluation: metrics.json (and details.json) of one registered version on one test set."""
+
+    dir: str
+    metrics_path: str
+    details: str
+    metrics: dict[str, float]
+    model_version: str  # the version these metrics belong to
+    test_set: dict  # the eval params the metrics were measured with
+    model_config: dict  # the size and channels the model reads images at
+    overrides: list[str]
+
+
+@dataclass(frozen=True)
+class Champion:
+    """champion: the promotion decision (and both sets of numbers) for one candidate version."""
+
+    dir: str
+    model_name: str
+    promoted: bool
+    reason: str
+    candidate_version: str
+    candidate: dict[str, float]
+    champion_version: str | None  # the champion before this decision
+    champion: dict[str, float] | None  # its metrics re-measured on the candidate's test set
+
+
+@dataclass(frozen=True)
+class Report:
+    """report: the self-contained HTML file."""
+
+    dir: str
+    html: str
+
+
+VALUE_TYPES = {cls.__name__: cls for cls in (CaptionShards, FilteredCaptions, TrainedModel, Evaluation, Champion,
+                                             Report)}
