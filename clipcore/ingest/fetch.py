@@ -62,7 +62,7 @@ class Fetcher:
 
     def __init__(self, config: IngestConfig, local_root: Path | None = None):
         self.config = config
-        self.local_root = local_root
+        self.local_root = local_root.resolve() if local_root is not None else None
         retry = urllib3.Retry(
             total=config.retries + config.max_redirects, connect=config.retries, read=config.retries,
             status=config.retries, other=0, redirect=config.max_redirects, status_forcelist=RETRY_STATUSES,
@@ -81,11 +81,25 @@ class Fetcher:
             return self._http(url)
         if kind == "tar":
             return self._tar_member(url)
-        path = Path(url) if Path(url).is_absolute() else self.local_root / url
+        return self._local_file(url)
+
+    def _confined(self, url: str) -> Path:
+        """`url` as a path inside the data root (symlinks resolved first), or FetchError(`outside_data_root`)."""
+        path = (Path(url) if Path(url).is_absolute() else self.local_root / url).resolve()
+        if not path.is_relative_to(self.local_root):
+            raise FetchError("outside_data_root")
+        return path
+
+    def _local_file(self, url: str) -> bytes:
+        path = self._confined(url)
         try:
+            if not path.is_file():  # a folder, a device (/dev/zero), a fifo: never read
+                raise FetchError("file_not_found" if not path.exists() else "not_a_regular_file")
+            if path.stat().st_size > self.config.max_bytes:
+                raise FetchError("too_large")
             return path.read_bytes()
         except OSError as err:
-            raise FetchError("file_not_found" if isinstance(err, FileNotFoundError) else "unreadable_file") from err
+            raise FetchError("unreadable_file") from err
 
     def _http(self, url: str) -> bytes:
         cfg = self.config
@@ -120,6 +134,7 @@ class Fetcher:
 
     def _tar_member(self, url: str) -> bytes:
         shard, member = url.split("#", 1)
+        shard = str(self._confined(shard))
         with self._tar_lock:  # tarfile objects are not thread-safe
             tar = self._tars.get(shard)
             if tar is None:

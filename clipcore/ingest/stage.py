@@ -170,7 +170,8 @@ def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
     rows = prepare_rows(table, config, dedupe_urls=fmt != "coco")
     # local files are fetched only from folders, tar shards, COCO, or tables that declare local paths
     allow_local = config.local_paths or fmt not in TABLE_FORMATS
-    local_root = str(Path(config.input).resolve().parent) if allow_local else None
+    data_root = Path(config.data_root) if config.data_root else Path(config.input).parent
+    local_root = str(data_root.resolve()) if allow_local else None
     count = shard_count(rows.height, config.shard_size)
     first, last = shard_range if shard_range else (0, count - 1)
     todo = [i for i in range(first, min(last, count - 1) + 1) if not shard_is_complete(output_dir, i)]

@@ -71,6 +71,32 @@ def test_ingest_records_every_row_with_a_reason(table, tmp_path):
     assert int(images[0].float().mean()) == 10  # pixels survive the round trip
 
 
+def test_local_reads_stay_inside_the_data_root(tmp_path):
+    """Relative `..` paths, absolute paths and symlinks that lead out of the data root, devices and folders are
+    refused row by row with a reason; the rows inside it are kept."""
+    root, secret = tmp_path / "root", tmp_path / "secret"
+    root.mkdir()
+    secret.mkdir()
+    (secret / "outside.png").write_bytes(png(90))
+    (root / "inside.png").write_bytes(png(10))
+    (root / "sub").mkdir()
+    (root / "sub" / "nested.png").write_bytes(png(20))
+    (root / "link.png").symlink_to(secret / "outside.png")
+    (root / "inner_link.png").symlink_to(root / "inside.png")
+    paths = ["inside.png", "sub/nested.png", "../secret/outside.png", str(secret / "outside.png"), "link.png",
+             "inner_link.png", "/dev/zero", "sub", "sub/../inside.png"]
+    pl.DataFrame({"path": paths, "caption": [f"a photo number {i}" for i in range(len(paths))]}).write_csv(
+        root / "captions.csv")
+    ingest(local_config(root / "captions.csv", data_root=str(root)), tmp_path / "out", progress=False)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.height == len(paths)
+    by_path = dict(zip(manifest["url"].to_list(), manifest["error"].to_list(), strict=True))
+    assert by_path == {"inside.png": None, "sub/nested.png": None, "../secret/outside.png": "outside_data_root",
+                       str(secret / "outside.png"): "outside_data_root", "link.png": "outside_data_root",
+                       "inner_link.png": None, "/dev/zero": "outside_data_root", "sub": "not_a_regular_file",
+                       "sub/../inside.png": None}
+
+
 def test_filter_reasons_and_reconciliation(table, tmp_path):
     ingest(local_config(table), tmp_path / "out", progress=False)
     manifest = read_manifest(tmp_path / "out")

@@ -104,7 +104,8 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     # A worse candidate (a few steps at a tiny learning rate: near chance, while the champion is far above it)
     # is refused: the champion stays, and the decision is recorded on the version.
     assert metrics["zero_shot_top1"] > 0.15
-    result = run(env, ["clip_model", "evaluation", "champion", "report"], overrides=["train.epochs=0.1", "train.lr=1e-6"])
+    result = run(env, ["clip_model", "evaluation", "champion", "report"],
+                 overrides=["train.epochs=0.1", "train.lr=1e-6"])
     decision = result.asset_materializations_for_node("report")[0].metadata
     assert decision["promoted"].value is False and "does not beat" in decision["decision"].value
     gate = result.asset_materializations_for_node("champion")[0].metadata
@@ -171,3 +172,33 @@ def test_pretrain_resumes_an_interrupted_training_in_the_same_mlflow_run(env, mo
     steps = [m.step for m in client.get_metric_history(only_run.info.run_id, "loss")]
     assert steps.count(11) == 2 and steps.count(16) == 1 and max(steps) == total - 1  # 10-15 were logged twice
     assert [str(v.version) for v in client.search_model_versions("name='clip'")] == ["1"]
+
+
+def test_a_failing_blocking_check_stops_what_depends_on_it(env, monkeypatch):
+    """A filter run that loses a kept row (injected fault) fails `filter_counts_reconcile`, an ERROR-severity blocking
+    check: the run fails and `clip_model`, downstream of it, is never materialized."""
+    import polars as pl
+
+    import pipelines.assets.filter as stage
+
+    run(env, ["caption_shards"])
+    real = stage.run_filter
+
+    def loses_a_row(ingest_dir, config, out, *args, **kwargs):
+        result = real(ingest_dir, config, out, *args, **kwargs)
+        pl.read_parquet(out / "kept.parquet").head(-1).write_parquet(out / "kept.parquet")
+        return result
+
+    monkeypatch.setattr(stage, "run_filter", loses_a_row)
+    with pytest.raises(Exception, match="filter_counts_reconcile"):
+        run(env, ["filtered_captions", "clip_model"])
+    (failed_run,) = env["instance"].get_runs(limit=1)
+    records = env["instance"].get_records_for_run(failed_run.run_id).records
+    materialized = {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records
+                    if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.is_step_materialization}
+    checks = [r.event_log_entry.dagster_event.event_specific_data for r in records
+              if r.event_log_entry.dagster_event
+              and r.event_log_entry.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert materialized == {"filtered_captions"}  # clip_model never ran
+    assert [(c.check_name, c.passed, c.severity.value) for c in checks] == [("filter_counts_reconcile", False, "ERROR")]
+    assert not (env["outputs"] / "clip_model").exists()
