@@ -11,10 +11,10 @@ import polars as pl
 
 from clipcore.config import FilterConfig
 from clipcore.data.layout import read_manifest, shard_paths
-from clipcore.filter.clip_score import ImageEmbedder, TextEmbedder, cosine_scores, hf_clip_embedders, read_image_bytes
 from clipcore.filter.rules import apply_clip_score, filter_manifest, funnel
 
-EmbeddersLoader = Callable[[str], tuple[ImageEmbedder, TextEmbedder]]
+# model URI -> (embed image bytes, embed texts), each returning (N, D) arrays
+EmbeddersLoader = Callable[[str], tuple[Callable, Callable]]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ def run_filter(ingest_dir: str | Path, config: FilterConfig, out: str | Path,
     clip = config.clip_score
     extra = {}
     if config.enabled and clip.enabled and kept.height:
+        # torch and the shard reader load only when pairs are scored
+        from clipcore.filter.clip_score import cosine_scores, hf_clip_embedders, read_image_bytes
+
         if Path(clip.model).is_dir():
             embed_images, embed_texts = hf_clip_embedders(clip.model)
         elif load_embedders is not None:
