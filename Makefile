@@ -57,5 +57,6 @@ lint: setup
 	uv run --frozen ruff check .
 
 clean: ## remove stage outputs, MLflow store and Dagster history (keeps data/)
-	rm -rf outputs/caption_shards outputs/filtered_captions outputs/clip_model outputs/evaluation outputs/report \
+	rm -rf outputs/caption_shards outputs/filtered_captions outputs/clip_model outputs/evaluation outputs/champion \
+		outputs/report \
 		mlruns .dagster
