@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 
 from clipcore.data.images import normalize_uint8
 from clipcore.evaluate.linear_probe import linear_probe
+from clipcore.evaluate.metric_names import ZERO_SHOT
 from clipcore.evaluate.retrieval import retrieval_metrics
 from clipcore.evaluate.zero_shot import build_zero_shot_classifier, classification_metrics
 from clipcore.model.clip_model import ClipModel
@@ -48,6 +49,11 @@ def zero_shot(model: ClipModel, tokenizer: Tokenizer, images: torch.Tensor, labe
     return classification_metrics((image_emb @ classifier.T).numpy(), labels, len(class_names)), image_emb
 
 
+def zero_shot_metrics(classes: dict) -> dict[str, float]:
+    """classification_metrics's top-1, top-5 and mean per-class recall under their metrics.json names."""
+    return dict(zip(ZERO_SHOT, (classes["top1"], classes["top5"], classes["mean_per_class_recall"]), strict=True))
+
+
 def top_confusions(confusion: list[list[int]], k: int = 3) -> list[tuple[int, int, int]]:
     """The k most frequent (true, predicted, count) off-diagonal cells of a confusion matrix."""
     matrix = np.asarray(confusion).copy()
@@ -79,9 +85,7 @@ def evaluate_model(
     pair_texts = embed_texts(model, tokenizer, holdout_captions, batch_size)  # (M, D)
     retrieval = retrieval_metrics(pair_images.numpy(), pair_texts.numpy(), np.arange(len(pair_texts)))
     metrics = {
-        "zero_shot_top1": classes["top1"],
-        "zero_shot_top5": classes["top5"],
-        "zero_shot_mean_per_class_recall": classes["mean_per_class_recall"],
+        **zero_shot_metrics(classes),
         **{f"retrieval_{k}": v for k, v in retrieval.items()},
         **margin_diagnostics(pair_images, pair_texts),
         "temperature": float(1 / model.scale().detach()),

@@ -15,8 +15,7 @@ from clipcore.config import EvalConfig, ModelConfig
 from clipcore.data.labeled_sets import load_csv_set, load_idx_set, load_image_folder
 from clipcore.data.layout import shard_paths
 from clipcore.data.shards import load_samples
-from clipcore.evaluate.evaluation import evaluate_model, top_confusions, zero_shot
-from clipcore.evaluate.metric_names import GATE
+from clipcore.evaluate.evaluation import evaluate_model, top_confusions, zero_shot, zero_shot_metrics
 from clipcore.model.clip_model import checkpoint_templates, load_checkpoint
 from clipcore.model.prompts import load_class_names
 
@@ -49,7 +48,7 @@ def zero_shot_on_test_set(checkpoint: str | Path, e: EvalConfig) -> dict[str, fl
     model, tokenizer = load_checkpoint(checkpoint)
     images, labels, classes = load_test_set(e, model.config)
     metrics, _ = zero_shot(model, tokenizer, images, labels, classes, checkpoint_templates(checkpoint), e.batch_size)
-    return dict(zip(GATE, (metrics["top1"], metrics["top5"], metrics["mean_per_class_recall"]), strict=True))
+    return zero_shot_metrics(metrics)
 
 
 @dataclass(frozen=True)
