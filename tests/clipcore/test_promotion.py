@@ -19,4 +19,5 @@ def test_only_a_better_candidate_is_promoted(champion_top1, promoted):
     if champion is None:
         assert "no champion before" in d.reason and d.champion_version is None
     else:
-        assert d.champion_version == "3" and ("beats" in d.reason) and ("does not" in d.reason) != promoted
+        assert d.champion_version == "3" and d.champion == champion
+        assert (" beats champion v3" if promoted else "does not beat champion v3") in d.reason
