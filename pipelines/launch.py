@@ -8,6 +8,7 @@ import importlib
 from dagster import AssetSpec, DagsterInstance, PipesSubprocessClient, materialize
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from pipelines.assets import ingest_shards
 from pipelines.io import JsonIOManager
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.stages import BY_ASSET, STAGES
@@ -33,8 +34,6 @@ def stage_definitions(asset_names: list[str]) -> list:
         defs += [*module.ASSETS, *module.CHECKS]
     upstream = {a for n in asset_names for a in BY_ASSET[n].reads} - selected
     if upstream:
-        from pipelines.partitions import ingest_shards
-
         defs += [AssetSpec(a, partitions_def=ingest_shards if a == "caption_shards" else None)
                  for a in sorted(upstream)]
     return defs

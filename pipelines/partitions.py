@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dagster import (
     DagsterInstance,
-    DynamicPartitionsDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -15,9 +14,8 @@ from dagster import (
 from clipcore.config import IngestConfig
 from clipcore.data.layout import shard_count, shard_name
 from clipcore.ingest.sources import read_input
+from pipelines.assets import ingest_shards
 from pipelines.resources import PipelineResource
-
-ingest_shards = DynamicPartitionsDefinition(name="ingest_shards")
 
 
 def shard_keys(config: IngestConfig) -> list[str]:

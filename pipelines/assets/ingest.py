@@ -17,9 +17,8 @@ from dagster import (
 from clipcore.data.layout import read_manifest, shard_name
 from clipcore.ingest.sources import read_input
 from clipcore.ingest.stage import ingest
-from pipelines.assets import GROUP, StageConfig
+from pipelines.assets import GROUP, StageConfig, ingest_shards
 from pipelines.io import markdown_table
-from pipelines.partitions import ingest_shards
 from pipelines.resources import PipelineResource
 from pipelines.values import CaptionShards
 
