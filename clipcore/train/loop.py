@@ -8,7 +8,7 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from clipcore.config import LossConfig, TrainConfig
 from clipcore.model.clip_model import ClipModel
 from clipcore.model.margins import margin_diagnostics
-from clipcore.train.batches import RowBatches, step_batches
+from clipcore.train.batches import Batch, RowBatches, step_batches
 from clipcore.train.distributed import (
     gather_with_grad,
     init_from_env,
@@ -193,6 +193,135 @@ def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
     return int(state["next_step"]), state["order"]
 
 
+@dataclass
+class TrainingSetup:
+    """What every step of one run shares, built once by `setup_training`."""
+
+    model: ClipModel  # the bare model: parameters, logit scale, checkpoints
+    eager: torch.nn.Module  # the model, DDP-wrapped across processes: runs the FLOP-counted first step
+    forward: torch.nn.Module  # `eager`, compiled when `train.compile`: runs every other step
+    train: TrainConfig
+    loss: LossConfig
+    device: torch.device
+    memory_format: torch.memory_format
+    autocast: torch.autocast | nullcontext
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator  # draws each epoch's row order; saved in checkpoints
+    result: TrainResult
+    rank: int
+    world: int
+    local: int  # this process's share of the global batch
+    steps_per_epoch: int
+    total: int  # steps of the whole run, resumed or not
+    first_step: int  # 0, or the step a resumed run continues from
+    order: torch.Tensor  # the resumed epoch's row order (empty when starting fresh)
+    state_path: str | Path | None
+    extra_state: dict
+
+    def to_device(self, batch: Batch) -> Batch:
+        """The batch's pixels and ids on the training device, pixels in the configured memory format."""
+        pixels = batch.pixels.to(self.device, non_blocking=True, memory_format=self.memory_format)  # (B, C, H, W)
+        ids = batch.ids.to(self.device, non_blocking=True)  # (B, L)
+        return replace(batch, pixels=pixels, ids=ids)
+
+
+def prepare_model(model: ClipModel, train: TrainConfig, loss: LossConfig,
+                  device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, torch.memory_format]:
+    """Move `model` to `device` in training mode and wrap it; returns (eager, forward, memory format).
+
+    `eager` is the model, DDP-wrapped when distributed; `forward` is `eager`, compiled when `train.compile`."""
+    memory_format = torch.channels_last if train.channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format).train()
+    model.logit_bias.requires_grad_(LOSSES[loss.name].uses_bias)  # DDP needs every trainable parameter used
+    if train.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    eager = DistributedDataParallel(model) if is_distributed() else model
+    forward = torch.compile(eager) if train.compile else eager
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return eager, forward, memory_format
+
+
+def setup_training(model: ClipModel, train: TrainConfig, loss: LossConfig, n_rows: int,
+                   state_path: str | Path | None = None, resume: bool = False,
+                   extra_state: dict | None = None) -> TrainingSetup:
+    """Check the batch sizes against `n_rows` rows and the processes, seed, place the model, build the optimizer,
+    schedule and row-order generator, and with `resume` restore them from `state_path`."""
+    if n_rows < train.batch_size:
+        raise ValueError(f"{n_rows} training rows < batch_size={train.batch_size}")
+    device = resolve_device(train.device)
+    init_from_env(device)
+    rank, world = rank_and_world()
+    if train.batch_size % world:
+        raise ValueError(f"batch_size={train.batch_size} is not divisible by the {world} processes")
+    local = train.batch_size // world  # each process's share of the global batch
+    if local % train.accum_steps:
+        raise ValueError(f"the per-process batch {local} is not divisible by accum_steps={train.accum_steps}")
+    torch.manual_seed(train.seed)  # the global RNG too, not only the row order, follows the seed
+    eager, forward, memory_format = prepare_model(model, train, loss, device)
+    steps_per_epoch = n_rows // train.batch_size  # drop_last: every step sees a full batch
+    total = max(1, round(train.epochs * steps_per_epoch))
+    optimizer = build_optimizer(model, train, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, total))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    generator = torch.Generator().manual_seed(train.seed)  # same order on every process
+    result = TrainResult(device=str(device))
+    order = torch.empty(0, dtype=torch.long)
+    first_step = 0
+    if resume:
+        if state_path is None or not Path(state_path).exists():
+            raise FileNotFoundError(f"cannot resume: no training state at {state_path}")
+        first_step, order = load_training_state(state_path, model, optimizer, scheduler, generator, result)
+    return TrainingSetup(
+        model=model, eager=eager, forward=forward, train=train, loss=loss, device=device, memory_format=memory_format,
+        autocast=autocast, optimizer=optimizer, scheduler=scheduler, generator=generator, result=result, rank=rank,
+        world=world, local=local, steps_per_epoch=steps_per_epoch, total=total, first_step=first_step, order=order,
+        state_path=state_path, extra_state=extra_state or {},
+    )
+
+
+def log_step(run: TrainingSetup, step: int, value: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
+             lr: float, bar: tqdm, on_log: Callable[[dict[str, float]], None] | None) -> None:
+    """Append this step's record to the history, show it on the bar and hand it to `on_log` (rank 0 only)."""
+    scale = run.model.scale().item()
+    record = {
+        "step": step, "epoch": step / run.steps_per_epoch, "loss": mean_over_processes(value),
+        "lr": lr, "logit_scale": scale, "temperature": 1 / scale,
+        **margin_diagnostics(image_emb, text_emb),
+    }
+    run.result.history.append(record)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
+    if on_log and run.rank == 0:
+        on_log(record)
+
+
+def train_step(run: TrainingSetup, batch: Batch, bar: tqdm,
+               on_log: Callable[[dict[str, float]], None] | None = None) -> None:
+    """One optimizer step on `batch` (already on the device): gradients, update, schedule, logit-scale clamp, the
+    log record every `train.log_every` steps and on the last, and the training state every `train.checkpoint_every`."""
+    train, step = run.train, batch.step
+    # the first step runs eagerly and counts its FLOPs (forward + backward) for the throughput and MFU estimates
+    counting = step == run.first_step
+    run.optimizer.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) if counting else nullcontext() as counter:
+        value, image_emb, text_emb = backward_step(run.eager if counting else run.forward, run.model, batch.pixels,
+                                                   batch.ids, run.loss, train.accum_steps, run.autocast)
+    if counting:
+        run.result.flops_per_sample = counter.get_total_flops() / run.local
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
+    run.optimizer.step()
+    run.scheduler.step()
+    run.model.clamp_logit_scale()
+    if step % train.log_every == 0 or step == run.total - 1:
+        log_step(run, step, value, image_emb, text_emb, lr, bar, on_log)
+    # after the log record, so the saved history includes it
+    if run.state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and run.rank == 0:
+        save_training_state(run.state_path, step + 1, batch.order, run.model, run.optimizer, run.scheduler,
+                            run.generator, run.result, run.extra_state)
+
+
 def train_clip(
     model: ClipModel,
     images: torch.Tensor,  # (N, H, W) uint8
@@ -216,82 +345,23 @@ def train_clip(
     """
     if len(images) != len(tokens):
         raise ValueError(f"{len(images)} images but {len(tokens)} captions")
-    if len(images) < train.batch_size:
-        raise ValueError(f"{len(images)} training rows < batch_size={train.batch_size}")
-    device = resolve_device(train.device)
-    init_from_env(device)
-    rank, world = rank_and_world()
-    if train.batch_size % world:
-        raise ValueError(f"batch_size={train.batch_size} is not divisible by the {world} processes")
-    local = train.batch_size // world  # each process's share of the global batch
-    if local % train.accum_steps:
-        raise ValueError(f"the per-process batch {local} is not divisible by accum_steps={train.accum_steps}")
-    torch.manual_seed(train.seed)
-    memory_format = torch.channels_last if train.channels_last else torch.preserve_format
-    model.to(device, memory_format=memory_format).train()
-    model.logit_bias.requires_grad_(LOSSES[loss.name].uses_bias)  # DDP needs every trainable parameter used
-    if train.grad_checkpointing:
-        enable_gradient_checkpointing(model)
-    eager = DistributedDataParallel(model) if is_distributed() else model
-    forward = torch.compile(eager) if train.compile else eager
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    steps_per_epoch = len(images) // train.batch_size  # drop_last: every step sees a full batch
-    total = max(1, round(train.epochs * steps_per_epoch))
-    optimizer = build_optimizer(model, train, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, total))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    generator = torch.Generator().manual_seed(train.seed)  # same order on every process
-    result = TrainResult(device=str(device))
-    order = torch.empty(0, dtype=torch.long)
-    first_step = 0
-    if resume:
-        if state_path is None or not Path(state_path).exists():
-            raise FileNotFoundError(f"cannot resume: no training state at {state_path}")
-        first_step, order = load_training_state(state_path, model, optimizer, scheduler, generator, result)
+    run = setup_training(model, train, loss, len(images), state_path, resume, extra_state)
     start = time.perf_counter()
-    bar = tqdm(total=total, initial=first_step, unit="step", desc=f"pretrain ({loss.name}, {device.type} x{world})",
-               disable=not progress or rank > 0)
-    batches = step_batches(RowBatches(images, tokens), generator, order, first_step, total, train.batch_size, rank,
-                           world, train.workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=run.total, initial=run.first_step, unit="step",
+               desc=f"pretrain ({loss.name}, {run.device.type} x{run.world})", disable=not progress or run.rank > 0)
+    batches = step_batches(RowBatches(images, tokens), run.generator, run.order, run.first_step, run.total,
+                           train.batch_size, run.rank, run.world, train.workers, pin_memory=run.device.type == "cuda")
     fetch = time.perf_counter()
     for batch in batches:
-        step, order = batch.step, batch.order
-        pixels = batch.pixels.to(device, non_blocking=True, memory_format=memory_format)  # (B, C, H, W)
-        ids = batch.ids.to(device, non_blocking=True)  # (B, L)
-        result.data_wait_seconds += time.perf_counter() - fetch
-        # the first step runs eagerly and counts its FLOPs (forward + backward) for the throughput and MFU estimates
-        counting = step == first_step
-        optimizer.zero_grad(set_to_none=True)
-        with FlopCounterMode(display=False) if counting else nullcontext() as counter:
-            value, image_emb, text_emb = backward_step(eager if counting else forward, model, pixels, ids, loss,
-                                                       train.accum_steps, autocast)
-        if counting:
-            result.flops_per_sample = counter.get_total_flops() / local
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-        optimizer.step()
-        scheduler.step()
-        model.clamp_logit_scale()
-        if step % train.log_every == 0 or step == total - 1:
-            scale = model.scale().item()
-            record = {
-                "step": step, "epoch": step / steps_per_epoch, "loss": mean_over_processes(value),
-                "lr": lr, "logit_scale": scale, "temperature": 1 / scale,
-                **margin_diagnostics(image_emb, text_emb),
-            }
-            result.history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.4f}")
-            if on_log and rank == 0:
-                on_log(record)
-        if state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and rank == 0:
-            save_training_state(state_path, step + 1, order, model, optimizer, scheduler, generator, result,
-                                extra_state or {})
+        batch = run.to_device(batch)
+        run.result.data_wait_seconds += time.perf_counter() - fetch
+        train_step(run, batch, bar, on_log)
         bar.update()
         fetch = time.perf_counter()
     bar.close()
-    result.steps, result.samples = total - first_step, (total - first_step) * train.batch_size
-    result.peak_memory_bytes = peak_memory_bytes(device)
+    result = run.result
+    result.steps, result.samples = run.total - run.first_step, (run.total - run.first_step) * train.batch_size
+    result.peak_memory_bytes = peak_memory_bytes(run.device)
     result.peak_tflops = train.peak_tflops
     result.seconds = time.perf_counter() - start
     model.eval()
