@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import torch
 
 from clipcore.config import PipelineConfig
 from clipcore.data.layout import shard_paths
@@ -91,6 +92,7 @@ def run_pretraining(
     spec = LOSSES[config.loss.name]  # the objective's own starting scale and bias (SigLIP: t = 10, b = -10)
     if spec.scale_init is not None:
         model_config = dataclasses.replace(model_config, logit_scale_init=spec.scale_init)
+    torch.manual_seed(config.train.seed)  # the initial weights too: identical params give identical runs
     model = build_model(model_config, tokenizer, logit_bias_init=spec.bias_init)
     result = train_clip(model, images, tokens, config.train, config.loss, on_log=on_log, progress=progress,
                         state_path=output_dir / "train_state.pt", resume=resume, extra_state=extra_state)
