@@ -66,7 +66,8 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
             mlflow.set_tag("resumed_by_dagster_run_id", context.run_id)
             context.log.info(f"resuming MLflow run {run.info.run_id} from {out / 'train_state.pt'}")
         else:
-            mlflow.log_params(params)
+            # what it trained on too: the filter params that made the kept rows, the ingest input behind them
+            mlflow.log_params({**params, **filtered_captions.config, "ingest.input": caption_shards.input})
             mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
         if config.launcher == "torchrun":
             command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions.kept,

@@ -119,6 +119,7 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     mlflow.set_tracking_uri(env["uri"])
     run_data = client.get_run(champion.run_id).data
     assert "loss" in run_data.metrics and run_data.params["loss.name"] == "clip"
+    assert run_data.params["filter.enabled"] == "True"  # the filter params behind the kept rows it trained on
     assert [m.step for m in client.get_metric_history(champion.run_id, "loss")][:2] == [0, 2]
 
 
