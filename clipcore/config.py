@@ -406,9 +406,9 @@ class _Declared:
         self._section, self._value, self._keys, self._owner = section, value, keys or frozenset(), owner
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name not in self._keys:
-            if name.startswith("__"):
-                raise AttributeError(name)
+        if name.startswith("__"):  # copy/pickle protocol lookups: not params
+            raise AttributeError(name)
+        if name not in self._keys:
             raise UndeclaredParamError(f"{self._owner} reads param {self._section}.{name}, which it does not declare "
                                        "(add it to the stage's params in pipelines/stages.py)")
         return getattr(self._value, name)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import mlflow
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from clipcore.evaluate.metric_names import VERSION_TAGS
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION = "champion"
@@ -77,8 +80,6 @@ def mlflow_embedders(model_uri: str):
 
 def log_evaluation(run_id: str, model_name: str, version: str, metrics: dict[str, float], files: list[Path]) -> None:
     """Evaluation metrics and files into the training run; headline metrics as tags on the registered version."""
-    from clipcore.evaluate.metric_names import VERSION_TAGS
-
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         for path in files:
@@ -91,15 +92,11 @@ def log_evaluation(run_id: str, model_name: str, version: str, metrics: dict[str
 
 def champion_checkpoint(model_name: str) -> tuple[str | None, str | None]:
     """(version, local checkpoint folder) of the current champion, or (None, None)."""
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+    version = champion_version(model_name)
+    if version is None:
         return None, None
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}@{CHAMPION}")
-    return str(version.version), str(Path(local) / "artifacts" / "checkpoint")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}")
+    return version, str(Path(local) / "artifacts" / "checkpoint")
 
 
 def record_decision(model_name: str, decision) -> None:
@@ -150,8 +147,6 @@ def training_runs(experiment: str) -> list[dict]:
 
 def git_commit() -> str | None:
     """The code version: the short git commit, with `+dirty` when the work tree has changes; None outside git."""
-    import subprocess
-
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     if head.returncode != 0:
         return None

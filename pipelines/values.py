@@ -62,7 +62,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Champion:
-    """champion: the promotion decision (and both sets of numbers) for one candidate version."""
+    """champion: the promotion decision for one candidate version: clipcore.evaluate.promotion.Decision's fields, plus
+    where it is recorded and for which registered model."""
 
     dir: str
     model_name: str

@@ -14,9 +14,7 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int) -> LogisticRegression:
-    from sklearn.linear_model import (
-        LogisticRegression,  # here: training imports clipcore.evaluate.evaluation, not sklearn
-    )
+    from sklearn.linear_model import LogisticRegression  # here: sklearn loads only when a probe is fitted
 
     return LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter).fit(features, labels)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,4 +82,4 @@ def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root:
                "test_images": len(test_labels), "holdout_pairs": len(uids)}
     Path(metrics_path).write_text(json.dumps(result["metrics"], indent=2))
     (out / "details.json").write_text(json.dumps(details, indent=2))
-    return EvaluationResult(result["metrics"], dataclasses.replace(model.config))
+    return EvaluationResult(result["metrics"], model.config)

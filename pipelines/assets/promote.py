@@ -33,10 +33,7 @@ def champion(context: AssetExecutionContext, config: StageConfig, pipeline: Pipe
     decision = decide(clip_model.model_version, evaluation.metrics, before, champion_metrics, CHAMPION)
     record_decision(clip_model.model_name, decision)
     out = pipeline.stage_dir("champion")
-    value = Champion(dir=str(out), model_name=clip_model.model_name, promoted=decision.promoted,
-                     reason=decision.reason, candidate_version=decision.candidate_version,
-                     candidate=decision.candidate, champion_version=decision.champion_version,
-                     champion=decision.champion)
+    value = Champion(dir=str(out), model_name=clip_model.model_name, **dataclasses.asdict(decision))
     (out / "decision.json").write_text(json.dumps(dataclasses.asdict(value), indent=2))
     return Output(value, metadata={
         "promoted": decision.promoted, "decision": decision.reason,
