@@ -6,6 +6,8 @@ Every failure becomes a short reason string (`http_404`, `timeout`, `connection_
 
 from __future__ import annotations
 
+import os
+import stat
 import tarfile
 import threading
 from pathlib import Path
@@ -62,7 +64,8 @@ class Fetcher:
 
     def __init__(self, config: IngestConfig, local_root: Path | None = None):
         self.config = config
-        self.local_root = local_root.resolve() if local_root is not None else None
+        self.local_root = str(local_root.resolve()) if local_root is not None else None
+        self._root_prefix = os.path.join(self.local_root, "") if self.local_root else ""  # "<root>/"
         retry = urllib3.Retry(
             total=config.retries + config.max_redirects, connect=config.retries, read=config.retries,
             status=config.retries, other=0, redirect=config.max_redirects, status_forcelist=RETRY_STATUSES,
@@ -83,23 +86,30 @@ class Fetcher:
             return self._tar_member(url)
         return self._local_file(url)
 
-    def _confined(self, url: str) -> Path:
+    def _confined(self, url: str) -> str:
         """`url` as a path inside the data root (symlinks resolved first), or FetchError(`outside_data_root`)."""
-        path = (Path(url) if Path(url).is_absolute() else self.local_root / url).resolve()
-        if not path.is_relative_to(self.local_root):
+        path = os.path.realpath(url if os.path.isabs(url) else os.path.join(self.local_root, url))
+        if not path.startswith(self._root_prefix):
             raise FetchError("outside_data_root")
         return path
 
     def _local_file(self, url: str) -> bytes:
         path = self._confined(url)
-        try:
-            if not path.is_file():  # a folder, a device (/dev/zero), a fifo: never read
-                raise FetchError("file_not_found" if not path.exists() else "not_a_regular_file")
-            if path.stat().st_size > self.config.max_bytes:
-                raise FetchError("too_large")
-            return path.read_bytes()
+        try:  # non-blocking: opening a fifo must not hang; fstat on the open file, not a second lookup of the path
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError as err:
+            raise FetchError("file_not_found") from err
         except OSError as err:
             raise FetchError("unreadable_file") from err
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > self.config.max_bytes:
+            os.close(fd)  # a folder, a device, a fifo or an oversized file: never read
+            raise FetchError("too_large" if stat.S_ISREG(info.st_mode) else "not_a_regular_file")
+        with os.fdopen(fd, "rb") as file:
+            try:
+                return file.read()
+            except OSError as err:
+                raise FetchError("unreadable_file") from err
 
     def _http(self, url: str) -> bytes:
         cfg = self.config
@@ -134,7 +144,7 @@ class Fetcher:
 
     def _tar_member(self, url: str) -> bytes:
         shard, member = url.split("#", 1)
-        shard = str(self._confined(shard))
+        shard = self._confined(shard)
         with self._tar_lock:  # tarfile objects are not thread-safe
             tar = self._tars.get(shard)
             if tar is None:
