@@ -2,12 +2,15 @@
 
 `params.yaml` is nested like `PipelineConfig` (one section per field). Unknown keys are an error, so a
 typo in an experiment (`dvc exp run -S loss.nmae=...`) fails loudly instead of silently training the
-default.
+default. Every numeric field declares its range (`bounded`), checked when params load, so a value such as
+`train.batch_size=-4` fails at once with one line instead of looping or dividing by zero after hours of work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +18,45 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+SEED_MAX = 2**64 - 1
+"""Largest seed torch and polars accept (both take an unsigned 64-bit seed)."""
+
+_COMPARISONS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"),
+                "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def bounded(default: Any, **limits: Any) -> Any:
+    """A dataclass field with `default` whose value must satisfy `limits` when params load: `ge`, `gt`, `le`, `lt`
+    (every element of a tuple) or `one_of`. None passes (Optional fields); a float must also be finite."""
+    unknown = set(limits) - {*_COMPARISONS, "one_of"}
+    if unknown:
+        raise TypeError(f"unknown limit(s) {sorted(unknown)}")
+    return field(default=default, metadata={"limits": limits})
+
+
+def check_range(value: Any, limits: dict[str, Any], where: str) -> None:
+    """Raise ValueError `"<where>: <value> is not <op> <bound>"` unless `value` satisfies `limits` (see `bounded`)."""
+    for item in value if isinstance(value, tuple) else (value,):
+        if item is None:
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where}: {item!r} is not a finite number")
+        if "one_of" in limits and item not in limits["one_of"]:
+            raise ValueError(f"{where}: {item!r} is not one of {list(limits['one_of'])}")
+        for name, (compare, symbol) in _COMPARISONS.items():
+            if name in limits and not compare(item, limits[name]):
+                raise ValueError(f"{where}: {item!r} is not {symbol} {limits[name]}")
+
+
+def check_ranges(config: Any, where: str = "params") -> None:
+    """Check every bounded field of a (nested) config dataclass, e.g. one built with `dataclasses.replace`."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{where}.{f.name}")
+        elif "limits" in f.metadata:
+            check_range(value, f.metadata["limits"], f"{where}.{f.name}")
 
 
 @dataclass
@@ -25,19 +67,19 @@ class DataConfig:
     """Folder holding the four original `*-ubyte.gz` files (Debian `dataset-fashion-mnist`)."""
     root: str = "data/fashion_mnist"
     """Where the caption dataset is written (versioned by data.dvc)."""
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
     """Seed of every random choice: templates, noise, duplicates."""
-    wrong_class_fraction: float = 0.10
+    wrong_class_fraction: float = bounded(0.10, ge=0, le=1)
     """Share of captions that describe another class."""
-    short_caption_fraction: float = 0.03
+    short_caption_fraction: float = bounded(0.03, ge=0, le=1)
     """Share of captions that are empty or a single word."""
-    duplicate_fraction: float = 0.02
+    duplicate_fraction: float = bounded(0.02, ge=0, le=1)
     """Extra rows (as a share of the images) that repeat an existing image byte for byte."""
-    non_english_fraction: float = 0.01
+    non_english_fraction: float = bounded(0.01, ge=0, le=1)
     """Share of captions written in another language."""
-    corrupt_fraction: float = 0.002
+    corrupt_fraction: float = bounded(0.002, ge=0, le=1)
     """Share of image files replaced by undecodable bytes."""
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Use only the first `limit` training images (tests and quick looks); None uses all 60,000."""
 
 
@@ -60,29 +102,29 @@ class IngestConfig:
     none leads out of it). DVC tracks it as the ingest stage's data. Empty: the input file's folder."""
     image_root: str | None = None
     """Folder the COCO `file_name`s resolve against (default: the JSON's folder)."""
-    shard_size: int = 10_000
+    shard_size: int = bounded(10_000, ge=1)
     """Input rows per shard (each shard: one tar and one parquet manifest)."""
-    processes: int = 2
+    processes: int = bounded(2, ge=1)
     """Worker processes, one shard at a time each."""
-    threads: int = 16
+    threads: int = bounded(16, ge=1)
     """Download threads per process."""
-    max_side: int = 256
+    max_side: int = bounded(256, ge=1)
     """Images with a longer side are downscaled, keeping the aspect ratio."""
     encode_format: str = "jpg"
     """Re-encoding of stored images: `jpg` or `png` (lossless)."""
-    jpeg_quality: int = 95
+    jpeg_quality: int = bounded(95, ge=0, le=100)
     """JPEG quality when `encode_format` is jpg."""
-    timeout: float = 10.0
+    timeout: float = bounded(10.0, gt=0)
     """Seconds per connect and per read."""
-    retries: int = 2
+    retries: int = bounded(2, ge=0)
     """Retries (with backoff) on 5xx, timeouts and reset connections; never on 4xx."""
-    max_redirects: int = 5
+    max_redirects: int = bounded(5, ge=0)
     """Redirects followed before `too_many_redirects`."""
-    max_bytes: int = 20_000_000
+    max_bytes: int = bounded(20_000_000, ge=1)
     """Largest accepted download."""
-    max_pixels: int = 50_000_000
+    max_pixels: int = bounded(50_000_000, ge=1)
     """Images with more pixels are rejected (decompression bombs)."""
-    max_caption_chars: int = 1_000
+    max_caption_chars: int = bounded(1_000, ge=1)
     """Longer captions are rejected."""
     user_agent: str = "clip-pipeline/0.1 (img2dataset-compatible research crawler)"
     """User-Agent header of every request."""
@@ -96,11 +138,11 @@ class ClipScoreConfig:
     """Score and filter the pairs that pass every other rule."""
     model: str = "models:/clip@champion"
     """An MLflow model URI (pyfunc of this project) or a local Hugging Face CLIP directory."""
-    threshold: float | None = None
+    threshold: float | None = bounded(None, ge=-1, le=1)
     """Keep pairs scoring at least this cosine; None uses `top_fraction`."""
-    top_fraction: float = 0.9
+    top_fraction: float = bounded(0.9, gt=0, le=1)
     """Keep this best-scoring fraction when `threshold` is None."""
-    batch_size: int = 512
+    batch_size: int = bounded(512, ge=1)
     """Pairs per forward pass."""
 
 
@@ -110,13 +152,13 @@ class FilterConfig:
 
     enabled: bool = True
     """False keeps every ingested image (the unfiltered baseline); only failed ingests are rejected."""
-    min_words: int = 3
+    min_words: int = bounded(3, ge=0)
     """A caption needs at least this many words."""
-    min_chars: int = 6
+    min_chars: int = bounded(6, ge=0)
     """A caption needs at least this many characters (DataComp: more than 5)."""
-    min_side: int = 16
+    min_side: int = bounded(16, ge=0)
     """Smallest allowed image side in pixels (of the original image)."""
-    max_aspect_ratio: float = 3.0
+    max_aspect_ratio: float = bounded(3.0, ge=1)
     """Largest allowed ratio of long to short image side."""
     languages: tuple[str, ...] = ("en",)
     """Allowed caption languages (ISO 639-1, detected with lingua); empty disables the rule."""
@@ -125,7 +167,7 @@ class FilterConfig:
     """Languages the detector chooses among (short captions get mistaken for rare languages); empty: all 75."""
     dedupe_images: bool = True
     """Keep only the first row of each exact image (sha256)."""
-    near_duplicate_bits: int | None = None
+    near_duplicate_bits: int | None = bounded(None, ge=0, le=64)
     """Reject images whose 64-bit perceptual hash is within this Hamming distance of a kept one; None disables."""
     dedupe_captions: bool = False
     """Keep only the first row of each exact caption (off for templated captions)."""
@@ -138,33 +180,33 @@ class ModelConfig:
     """A CLIP model: image and text towers with linear projections (by default transformers' CLIPModel: a ViT and a
     causal text transformer); see clipcore/model/towers.py for the other towers."""
 
-    image_size: int = 28
+    image_size: int = bounded(28, ge=1)
     """Input side in pixels; images are resized to it."""
-    channels: int = 1
+    channels: int = bounded(1, one_of=(1, 3))
     """Image channels fed to the tower (1 for grayscale)."""
-    patch_size: int = 7
+    patch_size: int = bounded(7, ge=1)
     """ViT patch side; (image_size / patch_size)^2 tokens."""
-    vision_width: int = 128
+    vision_width: int = bounded(128, ge=1)
     """Width of the image transformer."""
-    vision_layers: int = 2
+    vision_layers: int = bounded(2, ge=1)
     """Depth of the image transformer."""
-    vision_heads: int = 4
+    vision_heads: int = bounded(4, ge=1)
     """Attention heads of the image transformer."""
-    text_width: int = 64
+    text_width: int = bounded(64, ge=1)
     """Width of the text transformer."""
-    text_layers: int = 2
+    text_layers: int = bounded(2, ge=1)
     """Depth of the text transformer."""
-    text_heads: int = 2
+    text_heads: int = bounded(2, ge=1)
     """Attention heads of the text transformer."""
-    context_length: int = 16
+    context_length: int = bounded(16, ge=2)
     """Tokens per caption, including the start and end tokens."""
-    vocab_size: int = 1_000
+    vocab_size: int = bounded(1_000, ge=1)
     """Size of the BPE vocabulary trained on the captions (`minilm` and `pretrained` bring their own tokenizer)."""
-    embed_dim: int = 64
+    embed_dim: int = bounded(64, ge=1)
     """Dimension of the shared embedding space."""
-    logit_scale_init: float = 1 / 0.07
+    logit_scale_init: float = bounded(1 / 0.07, gt=0)
     """Initial temperature inverse (CLIP: 1/0.07)."""
-    logit_scale_max: float = 100.0
+    logit_scale_max: float = bounded(100.0, ge=1)
     """The logit scale is clamped at this value."""
     image_tower: str = "vit"
     """`vit` (the ViT above) or a torchvision ResNet name (`resnet18`, `resnet50`, ...), randomly initialized, its
@@ -192,11 +234,11 @@ class LossConfig:
     name: LossName = "clip"
     """`clip` (symmetric InfoNCE), `clip_reg` (CLIP + positive-pair regularizer), `siglip` or `cyclip`
     (clipcore.train.losses.LOSSES implements each)."""
-    reg_weight: float = 0.1
+    reg_weight: float = bounded(0.1, ge=0)
     """lambda of `clip_reg`: weight of mean(1 - cos(image_i, text_i)) over positive pairs."""
-    cyclip_in_modal: float = 0.25
+    cyclip_in_modal: float = bounded(0.25, ge=0)
     """lambda1 of `cyclip`: in-modal consistency weight."""
-    cyclip_cross_modal: float = 0.25
+    cyclip_cross_modal: float = bounded(0.25, ge=0)
     """lambda2 of `cyclip`: cross-modal consistency weight."""
 
 
@@ -204,34 +246,34 @@ class LossConfig:
 class TrainConfig:
     """Optimization of the pretrain stage."""
 
-    epochs: float = 3.0
+    epochs: float = bounded(3.0, gt=0)
     """Passes over the training rows (fractions allowed)."""
-    batch_size: int = 256
+    batch_size: int = bounded(256, ge=1)
     """Pairs per step."""
-    lr: float = 2e-3
+    lr: float = bounded(2e-3, gt=0)
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.1
+    weight_decay: float = bounded(0.1, ge=0)
     """AdamW weight decay (never applied to gains, biases or the logit scale)."""
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = bounded((0.9, 0.98), ge=0, lt=1)
     """AdamW betas."""
-    warmup_steps: int = 50
+    warmup_steps: int = bounded(50, ge=0)
     """Linear warm-up steps before the cosine decay."""
-    holdout_size: int = 1_000
+    holdout_size: int = bounded(1_000, ge=1)
     """Kept rows set aside (never trained on) for retrieval evaluation."""
-    max_rows: int | None = None
+    max_rows: int | None = bounded(None, ge=1)
     """Train on at most this many rows (tiny runs and tests); None uses all."""
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
     """Seed of initialization, shuffling and the holdout split."""
     device: str = "auto"
     """`auto` (CUDA if present), `cpu` or `cuda`."""
-    log_every: int = 10
+    log_every: int = bounded(10, ge=1)
     """Steps between metric records."""
-    peak_tflops: float | None = None
+    peak_tflops: float | None = bounded(None, gt=0)
     """The accelerator's peak TFLOP/s at the training precision, for the MFU estimate (e.g. 989 for an H100 in bf16);
     None logs achieved TFLOP/s only."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = bounded(0, ge=0)
     """Steps between resumable training-state checkpoints (model, optimizer, schedule, RNG, data position); 0: off."""
-    accum_steps: int = 1
+    accum_steps: int = bounded(1, ge=1)
     """Micro-batches per process and step. The loss still sees the whole batch (GradCache: embed every micro-batch
     without a graph, take the loss, re-run each micro-batch with one), so gradients equal one big batch's while
     activations of one micro-batch are in memory."""
@@ -241,7 +283,7 @@ class TrainConfig:
     """Compile the towers with torch.compile (the first steps are slow while it compiles)."""
     channels_last: bool = False
     """Store convolution weights and images channels-last (faster convolutions on CUDA, e.g. a ResNet tower)."""
-    workers: int = 0
+    workers: int = bounded(0, ge=0)
     """Data loader worker processes that assemble and normalize batches while the model computes; 0: in this process.
     Batches are pinned in page-locked memory on CUDA."""
 
@@ -260,17 +302,17 @@ class EvalConfig:
     """Class names in label order: a list shipped in clipcore/prompts or a text file (ImageFolder: folder names)."""
     templates: str = "fashion_mnist"
     """Prompt templates: `fashion_mnist`, `imagenet` (CLIP's 80) or a text file with one `{}` per line."""
-    max_test_images: int | None = None
+    max_test_images: int | None = bounded(None, ge=1)
     """Evaluate on at most this many test images (tiny runs); None uses all."""
     probe_images: str = "data/fashion_mnist/train/train-images-idx3-ubyte.gz"
     """Labeled images (IDX) the linear probe is fitted on (never the test set)."""
     probe_labels: str = "data/fashion_mnist/train/train-labels-idx1-ubyte.gz"
     """Labels of the probe images (IDX)."""
-    probe_size: int = 10_000
+    probe_size: int = bounded(10_000, ge=0)
     """First N probe images used to fit the linear probe; 0 skips the probe."""
-    batch_size: int = 1_000
+    batch_size: int = bounded(1_000, ge=1)
     """Images per forward pass."""
-    num_examples: int = 6
+    num_examples: int = bounded(6, ge=0)
     """Retrieval examples shown in the report."""
 
 
@@ -334,14 +376,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "params") -> Any:
-    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys, wrong types and values out of range."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -349,6 +391,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "params") -> Any:
             kwargs[name] = from_dict(hint, value or {}, f"{where}.{name}")
         else:
             kwargs[name] = _coerce(value, hint, f"{where}.{name}")
+            check_range(kwargs[name], fields[name].metadata.get("limits", {}), f"{where}.{name}")
     return cls(**kwargs)
 
 
@@ -381,15 +424,22 @@ def _merged(base: dict, changes: dict) -> dict:
 
 def read_params(path: Path) -> dict:
     """A params file's values; a top-level `base: other.yaml` (relative to the file) supplies every key it omits."""
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} does not exist")
     values = yaml.safe_load(path.read_text()) or {}
     base = values.pop("base", None)
     return _merged(read_params(path.parent / base), values) if base else values
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
-    """Load params.yaml into a `PipelineConfig` (missing file or keys fall back to the defaults, or to `base`)."""
+    """Load params.yaml into a `PipelineConfig` (missing keys fall back to the defaults, or to `base`).
+
+    Raises:
+        FileNotFoundError: the file (or its `base`) does not exist; a mistyped path must not train the defaults.
+        ValueError: an unknown key, a wrong type or a value out of its field's range.
+    """
     path = Path(path)
-    values = read_params(path) if path.exists() else {}
+    values = read_params(path)
     config = from_dict(PipelineConfig, values, where=str(path))
     return apply_overrides(config, overrides or [])
 

@@ -2,6 +2,9 @@
 
 The stage subcommands are what dvc.yaml runs, so `dvc repro` and the Dagster UI share one implementation
 and one run history (DAGSTER_HOME, default ./.dagster).
+
+An expected failure (a bad param, a missing file or model, an unknown alias) ends the command with one line,
+`clip-pipeline: <message>`, and a non-zero exit; `--debug` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -29,17 +32,42 @@ INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's name
 }
 
 
+class CommandError(Exception):
+    """An expected failure of a command, its message written for the user (shown as one line)."""
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Error types that mean bad input or a missing thing rather than a bug: shown as one line without --debug.
+
+    Looked up when an error is being handled, so mlflow's and Dagster's types count only where the command loaded
+    them (a bad param must fail before either is imported)."""
+    types: list[type[BaseException]] = [CommandError, ValueError, OSError, KeyError, RuntimeError]
+    if (mlflow_errors := sys.modules.get("mlflow.exceptions")) is not None:
+        types.append(mlflow_errors.MlflowException)
+    if (dagster_errors := sys.modules.get("dagster._core.errors")) is not None:
+        types.append(dagster_errors.DagsterPipesExecutionError)  # torchrun failed; its own log says why
+    return tuple(types)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message as one line (mlflow's first line; a KeyError's key without repr quotes)."""
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        message = str(err.args[0])
+    else:
+        message = getattr(err, "message", None) or str(err) or type(err).__name__
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def load_config(args: argparse.Namespace):
-    """The params file with the command's --set overrides; a bad file or key ends the command with one line."""
+    """The params file with the command's --set overrides (unknown keys, wrong types, values out of range and a
+    missing file raise before any stage library loads)."""
     from clipcore.config import load_params
 
     if not Path(args.params).is_file():
-        raise SystemExit(f"clip-pipeline: params file {args.params} does not exist (run from the project folder, or "
-                         "give --params)")
-    try:
-        return load_params(args.params, args.overrides)
-    except (ValueError, OSError) as err:
-        raise SystemExit(f"clip-pipeline: {err}") from None
+        raise FileNotFoundError(f"params file {args.params} does not exist (run from the project folder, or give "
+                                "--params)")
+    return load_params(args.params, args.overrides)
 
 
 def _dagster_home() -> None:
@@ -79,6 +107,7 @@ def build_data(args: argparse.Namespace) -> None:
 def standalone_ingest(args: argparse.Namespace) -> None:
     """img2dataset-style run: params.yaml's ingest section, flags on top, straight into --output-dir."""
     config = load_config(args).ingest
+    from clipcore.config import check_ranges
     from clipcore.ingest.stage import ingest
 
     changes = {field: getattr(args, flag) for flag, (field, _, _) in INGEST_FLAGS.items()
@@ -86,6 +115,7 @@ def standalone_ingest(args: argparse.Namespace) -> None:
     if "input" in changes and "url_col" not in changes:
         changes.update(url_col="url", local_paths=False)  # a URL list: params.yaml's local-table settings don't apply
     config = dataclasses.replace(config, **changes)
+    check_ranges(config, "ingest")  # the flags bypass the params loader's checks
     stats = ingest(config, args.output_dir)
     print(json.dumps(stats, indent=2))
 
@@ -136,7 +166,7 @@ def predict(args: argparse.Namespace) -> None:
     model_uri = args.model or f"models:/{registry.model_name}@champion"
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
-        raise SystemExit(f"clip-pipeline predict: no such file: {', '.join(missing)}")
+        raise CommandError(f"predict: no such file: {', '.join(missing)}")
     _mlflow_store(registry)
     import mlflow.pyfunc
     import pandas as pd
@@ -145,8 +175,8 @@ def predict(args: argparse.Namespace) -> None:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as err:
-        raise SystemExit(f"clip-pipeline predict: cannot load {model_uri}: {err.message.splitlines()[0]} "
-                         "(list the registered versions with `clip-pipeline models`)") from None
+        raise CommandError(f"predict: cannot load {model_uri}: {one_line(err)} (list the registered versions with "
+                           "`clip-pipeline models`)") from err
     frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in args.images]})
     names = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else []
     if not names:
@@ -170,9 +200,9 @@ def list_models(args: argparse.Namespace) -> None:
     client = MlflowClient()
     try:
         model = client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as err:
         known = ", ".join(m.name for m in client.search_registered_models()) or "none yet"
-        raise SystemExit(f"clip-pipeline models: no registered model {name!r} (registered: {known})") from None
+        raise CommandError(f"models: no registered model {name!r} (registered: {known})") from err
     aliases = {}
     for alias, version in model.aliases.items():
         aliases.setdefault(str(version), []).append(alias)
@@ -195,6 +225,7 @@ def write_dvc_yaml(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_params(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -231,18 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="registered model name (default: params' registry.model_name)")
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (pipelines/stages.py)")
     p.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
+    for p in sub.choices.values():  # `clip-pipeline models --debug` works as well as `clip-pipeline --debug models`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        run_command(args)
+    except expected_errors() as err:
+        if args.debug:
+            raise
+        raise SystemExit(f"clip-pipeline: {one_line(err)}") from None
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Dispatch a parsed command line to its subcommand."""
     if args.command == "data":
         build_data(args)
     elif args.command == "ingest" and args.output_dir:
         standalone_ingest(args)
     elif args.command == "filter" and (args.input_dir or args.output_dir):
         if not (args.input_dir and args.output_dir):
-            raise SystemExit("clip-pipeline filter: --input-dir and --output-dir go together")
+            raise CommandError("filter: --input-dir and --output-dir go together")
         standalone_filter(args)
     elif args.command in BY_NAME:
         load_config(args)  # a bad params file or override fails here, before Dagster and the stage's libraries load

@@ -1,9 +1,14 @@
-"""The CLI: every subcommand explains itself, and bad overrides fail with a clear message."""
+"""The CLI: every subcommand explains itself; bad params and missing things fail with one clear line (a traceback
+only with --debug)."""
 
+import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pipelines.cli import build_parser
 
@@ -32,12 +37,85 @@ def test_missing_params_file_is_an_error(tmp_path):
     assert result.returncode != 0 and "does not exist" in result.stderr
 
 
+HEAVY = {"torch", "dagster", "mlflow", "polars"}
+
+
+def run_importtime(command: str, params: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run a subcommand with `-X importtime`; returns the result and the top-level modules it imported."""
+    args = ["--params", str(params), *[a for o in overrides for a in ("--set", o)]]
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.cli", command, *args],
+                            capture_output=True, text=True)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    return result, imported
+
+
+def messages(stderr: str) -> list[str]:
+    """stderr without -X importtime's lines."""
+    return [line for line in stderr.splitlines() if not line.startswith("import time:")]
+
+
 def test_unknown_loss_fails_at_once_naming_the_known_ones(tmp_path):
     """Rejected when the params are loaded: before torch, Dagster or any data is touched."""
     (tmp_path / "params.yaml").write_text("loss: {name: clip}\n")
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.cli", "train", "--params",
-                             str(tmp_path / "params.yaml"), "--set", "loss.name=nope"], capture_output=True, text=True)
+    result, imported = run_importtime("train", tmp_path / "params.yaml", "loss.name=nope")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "'nope' is not one of ['clip', 'clip_reg', 'siglip', 'cyclip']" in result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"torch", "dagster", "mlflow", "polars"}  # it failed before loading any of them
+    assert not imported & HEAVY  # it failed before loading any of them
+
+
+@pytest.mark.parametrize(("command", "override", "message"), [
+    ("train", "train.batch_size=-4", "params.train.batch_size: -4 is not >= 1"),
+    ("pretrain", "train.batch_size=0", "params.train.batch_size: 0 is not >= 1"),
+    ("pretrain", "train.epochs=0", "params.train.epochs: 0.0 is not > 0"),
+    ("ingest", "ingest.shard_size=0", "params.ingest.shard_size: 0 is not >= 1"),
+    ("ingest", "ingest.max_side=0", "params.ingest.max_side: 0 is not >= 1"),
+])
+def test_out_of_range_params_fail_in_one_line_before_torch(tmp_path, command, override, message):
+    (tmp_path / "params.yaml").write_text("train: {epochs: 1}\n")
+    result, imported = run_importtime(command, tmp_path / "params.yaml", override)
+    assert result.returncode != 0
+    assert messages(result.stderr) == [f"clip-pipeline: {message}"]
+    assert not imported & HEAVY
+
+
+def test_standalone_ingest_flags_are_range_checked(tmp_path):
+    (tmp_path / "params.yaml").write_text("ingest: {shard_size: 10}\n")
+    args = ["--params", str(tmp_path / "params.yaml"), "--output-dir", str(tmp_path / "out"), "--shard-size", "0"]
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", *args], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["clip-pipeline: ingest.shard_size: 0 is not >= 1"]
+    assert not (tmp_path / "out").exists()
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`clip-pipeline ARGS` in `tmp_path` against an MLflow store there."""
+    (tmp_path / "params.yaml").write_text("registry: {model_name: clip}\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without MLflow's store set-up log lines."""
+    return [line for line in stderr.splitlines() if " INFO mlflow." not in line]
+
+
+def test_unknown_model_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    plain = run_cli(tmp_path, "models", "--name", "nope")
+    assert plain.returncode != 0
+    assert error_lines(plain.stderr) == ["clip-pipeline: models: no registered model 'nope' (registered: none yet)"]
+    debug = run_cli(tmp_path, "--debug", "models", "--name", "nope")
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr and "no registered model 'nope'" in debug.stderr
+
+
+def test_unknown_alias_in_predict_is_one_line(tmp_path):
+    buf = io.BytesIO()
+    Image.new("L", (28, 28)).save(buf, format="PNG")
+    (tmp_path / "x.png").write_bytes(buf.getvalue())
+    result = run_cli(tmp_path, "predict", "--model", "models:/clip@nope", "x.png")
+    assert result.returncode != 0
+    [line] = error_lines(result.stderr)
+    assert line.startswith("clip-pipeline: predict: cannot load models:/clip@nope: ")
+    debug = run_cli(tmp_path, "predict", "--model", "models:/clip@nope", "x.png", "--debug")
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
