@@ -14,24 +14,39 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from pipelines.values import VALUE_TYPES
 
+ASSET_FILE = "asset.json"
+
+
+def value_json(obj: object) -> str:
+    """An asset's value as stored: `{"type": <dataclass name>, "value": {...}}`."""
+    if type(obj).__name__ not in VALUE_TYPES:
+        raise TypeError(f"{type(obj).__name__} is not one of pipelines.values' types")
+    return json.dumps({"type": type(obj).__name__, "value": dataclasses.asdict(obj)}, indent=2, sort_keys=True)
+
 
 class JsonIOManager(ConfigurableIOManager):
-    """Stores each asset's value as `<outputs_dir>/<asset name>/asset.json` (`{"type": ..., "value": {...}}`)."""
+    """Stores each asset's value as `<outputs_dir>/<asset name>/asset.json` (`{"type": ..., "value": {...}}`).
+
+    Stages that publish their folder atomically (pipelines.publish) have written it already, inside the folder they
+    swapped into place; this only checks that it is still theirs. Writing it here would attach this run's value to
+    another run's files if that run had published in between.
+    """
 
     outputs_dir: str = "outputs"
 
     def _path(self, asset_name: str) -> Path:
-        return Path(self.outputs_dir) / asset_name / "asset.json"
+        return Path(self.outputs_dir) / asset_name / ASSET_FILE
 
     def handle_output(self, context: OutputContext, obj: object) -> None:
-        if type(obj).__name__ not in VALUE_TYPES:
-            raise TypeError(f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}, not one of "
-                            f"pipelines.values' types")
-        path = self._path(context.asset_key.path[-1])
+        text, path = value_json(obj), self._path(context.asset_key.path[-1])
+        if getattr(obj, "published", False):
+            if not path.exists() or path.read_text() != text:
+                raise RuntimeError(f"{path.parent} was replaced by another run after this one published it; this "
+                                   "run's products are gone, the folder holds the other run's (consistent) ones")
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"type": type(obj).__name__, "value": dataclasses.asdict(obj)}, indent=2,
-                                  sort_keys=True))
+        tmp.write_text(text)
         os.replace(tmp, path)
 
     def load_input(self, context: InputContext) -> object:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 
 from clipcore.config import PipelineConfig, load_params, restrict
 
@@ -14,6 +16,14 @@ class PipelineResource(ConfigurableResource):
 
     params_path: str = "params.yaml"
     outputs_dir: str = "outputs"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Tag the run with the process executing it, and fail the runs whose process was killed."""
+        from pipelines.processes import RUN_OWNER_TAG, current_owner, fail_dead_runs
+
+        if context.instance is not None and context.run_id:
+            context.instance.add_run_tags(context.run_id, {RUN_OWNER_TAG: current_owner()})
+            fail_dead_runs(context.instance)
 
     def load_config(self, stage: str, overrides: list[str] | None = None) -> PipelineConfig:
         """params.yaml with `section.key=value` overrides applied, readable only where stage `stage` declares it
@@ -28,6 +38,21 @@ class PipelineResource(ConfigurableResource):
         path = Path(self.outputs_dir) / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @contextlib.contextmanager
+    def writing(self, name: str, keep_partial: bool = False) -> Iterator:
+        """Write stage `name` under its lock into a work folder that `.publish(value)` swaps into outputs/<name>/
+        (pipelines.publish); a concurrent run of the stage is refused."""
+        from pipelines.publish import stage_writer
+
+        with stage_writer(self.outputs_dir, name, keep_partial) as stage:
+            yield stage
+
+    def reading(self, name: str) -> contextlib.AbstractContextManager:
+        """Hold outputs/<name>/ in place (no run publishes over it) while the block reads it."""
+        from pipelines.publish import reading
+
+        return reading(self.outputs_dir, name)
 
 
 class MLflowResource(ConfigurableResource):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -11,9 +14,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from clipcore.evaluate.metric_names import VERSION_TAGS
+from pipelines.processes import current_owner, owner_is_dead
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION = "champion"
+CHECKPOINT_TAG = "checkpoint_sha256"
 PYFUNC_CODE = Path(__file__).with_name("clip_pyfunc.py")
 
 
@@ -23,18 +28,60 @@ def configure_mlflow(tracking_uri: str | None, artifact_root: str, experiment: s
     A new experiment stores its artifacts under `artifact_root`; returns the experiment id.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is not None:
-        experiment_id = existing.experiment_id
-    else:
-        location = Path(artifact_root).resolve().as_uri()
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    with _store_lock(uri):  # the first use creates the schema: one process at a time, or they trip on each other
+        existing = mlflow.get_experiment_by_name(experiment)
+        if existing is not None:
+            experiment_id = existing.experiment_id
+        else:
+            location = Path(artifact_root).resolve().as_uri()
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.MlflowClient().search_registered_models(max_results=1)  # the registry's tables too
     mlflow.set_experiment(experiment_id=experiment_id)
+    close_dead_runs(experiment_id)
     return experiment_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first uses of a sqlite store (schema creation and migration are not safe to run concurrently)."""
+    if not uri.startswith("sqlite:///"):
+        yield  # a tracking server or a database server migrates once, itself
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.with_name(db.name + ".init.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+OWNER_TAG = "owner_process"  # pipelines.processes: the process that has the run open
+
+
+@contextlib.contextmanager
+def tracked_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
+    """mlflow.start_run, recording which process holds the run open, so that a run whose process was killed
+    (and so never ended it) is marked KILLED by the next stage that opens the store (`close_dead_runs`)."""
+    with mlflow.start_run(**kwargs) as run:
+        mlflow.set_tag(OWNER_TAG, current_owner())
+        yield run
+
+
+def close_dead_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING run of the experiment whose owning process on this host is gone; returns their ids."""
+    client = mlflow.MlflowClient()
+    closed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        owner = run.data.tags.get(OWNER_TAG, "")
+        if owner_is_dead(owner):  # never another host's run, nor one opened outside the pipeline
+            client.set_tag(run.info.run_id, "killed_because", f"process {owner} ended without ending the run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def model_signature() -> ModelSignature:
@@ -45,12 +92,14 @@ def model_signature() -> ModelSignature:
     )
 
 
-def log_and_register(checkpoint_dir: Path, model_name: str) -> tuple[str, str]:
-    """Log the checkpoint as a models-from-code pyfunc in the active run and register it.
+def log_and_register(checkpoint_dir: Path, model_name: str, checkpoint_sha256: str) -> tuple[str, str]:
+    """Log the checkpoint as a models-from-code pyfunc in the active run and register it, tagging the run and the
+    version with the checkpoint's digest.
 
     Returns:
         (model URI, registered version).
     """
+    mlflow.set_tag(CHECKPOINT_TAG, checkpoint_sha256)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(PYFUNC_CODE),
@@ -60,7 +109,18 @@ def log_and_register(checkpoint_dir: Path, model_name: str) -> tuple[str, str]:
         pip_requirements=["torch", "torchvision", "transformers", "tokenizers", "safetensors", "pillow", "pandas",
                           "clip-pipeline"],
     )
-    return info.model_uri, str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_model_version_tag(model_name, version, CHECKPOINT_TAG, checkpoint_sha256)
+    return info.model_uri, version
+
+
+def check_version_checkpoint(model_name: str, version: str, checkpoint_sha256: str) -> None:
+    """Raise unless registered `version` was made from the checkpoint with this digest."""
+    tags = mlflow.MlflowClient().get_model_version(model_name, version).tags
+    if tags.get(CHECKPOINT_TAG) != checkpoint_sha256:
+        raise ValueError(f"{model_name} v{version} was registered from checkpoint "
+                         f"{tags.get(CHECKPOINT_TAG, 'unknown')[:12]}, not {checkpoint_sha256[:12]}: nothing is "
+                         "logged onto it; materialize clip_model again")
 
 
 def mlflow_embedders(model_uri: str):
@@ -78,9 +138,12 @@ def mlflow_embedders(model_uri: str):
             lambda texts: model.predict(pd.DataFrame({"text": texts})))
 
 
-def log_evaluation(run_id: str, model_name: str, version: str, metrics: dict[str, float], files: list[Path]) -> None:
-    """Evaluation metrics and files into the training run; headline metrics as tags on the registered version."""
-    with mlflow.start_run(run_id=run_id):
+def log_evaluation(run_id: str, model_name: str, version: str, checkpoint_sha256: str, metrics: dict[str, float],
+                   files: list[Path]) -> None:
+    """Evaluation metrics and files into the training run, headline metrics as tags on the registered version: only
+    when that version was registered from the evaluated checkpoint."""
+    check_version_checkpoint(model_name, version, checkpoint_sha256)
+    with tracked_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         for path in files:
             mlflow.log_artifact(str(path), "evaluation")
@@ -90,13 +153,33 @@ def log_evaluation(run_id: str, model_name: str, version: str, metrics: dict[str
             client.set_model_version_tag(model_name, version, key, f"{metrics[key]:.6f}")
 
 
+class ChampionUnavailable(RuntimeError):
+    """The alias points at a version whose checkpoint cannot be had (artifacts deleted, altered or unreadable)."""
+
+
 def champion_checkpoint(model_name: str) -> tuple[str | None, str | None]:
-    """(version, local checkpoint folder) of the current champion, or (None, None)."""
+    """(version, local checkpoint folder) of the current champion, or (None, None) when there is none.
+
+    Raises:
+        ChampionUnavailable: its artifacts cannot be downloaded or are not the checkpoint it was registered from.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from clipcore.model.clip_model import checkpoint_digest
+
     version = champion_version(model_name)
     if version is None:
         return None, None
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}")
-    return version, str(Path(local) / "artifacts" / "checkpoint")
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}")
+    except (MlflowException, OSError) as err:
+        raise ChampionUnavailable(f"champion v{version}'s artifacts cannot be downloaded "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    checkpoint = Path(local) / "artifacts" / "checkpoint"
+    registered = mlflow.MlflowClient().get_model_version(model_name, version).tags.get(CHECKPOINT_TAG)
+    if not checkpoint.is_dir() or (registered and checkpoint_digest(checkpoint) != registered):
+        raise ChampionUnavailable(f"champion v{version}'s artifacts are not the checkpoint it was registered from")
+    return version, str(checkpoint)
 
 
 def record_decision(model_name: str, decision) -> None:

@@ -1,9 +1,15 @@
 """What each asset hands the next: one small frozen dataclass per asset, stored as JSON by the IO manager
-(pipelines.io). Heavy products (shards, checkpoints) stay files; these say where they are and what they hold."""
+(pipelines.io). Heavy products (shards, checkpoints) stay files; these say where they are and what they hold.
+
+A value whose `published` is true is written by its stage into the folder it publishes (pipelines.publish), so the
+value and the files it describes are swapped into place together. Values derived from a checkpoint carry its
+`checkpoint_sha256` (clipcore.model.clip_model.checkpoint_digest), which later stages check before using them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,8 @@ class CaptionShards:
 class FilteredCaptions:
     """filtered_captions: kept.parquet, rejected.parquet (one reason per row) and the funnel."""
 
+    published: ClassVar[bool] = True
+
     dir: str
     kept: str
     rejected: str
@@ -34,6 +42,8 @@ class FilteredCaptions:
 class TrainedModel:
     """clip_model: a checkpoint, its history and held-out pairs, its MLflow run and registered version."""
 
+    published: ClassVar[bool] = True
+
     dir: str
     checkpoint: str
     holdout: str
@@ -44,17 +54,21 @@ class TrainedModel:
     model_uri: str
     loss: str
     config: dict  # the model, loss and train params used, flat
+    checkpoint_sha256: str  # also tagged on the MLflow run and the registered version
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """evaluation: metrics.json (and details.json) of one registered version on one test set."""
 
+    published: ClassVar[bool] = True
+
     dir: str
     metrics_path: str
     details: str
     metrics: dict[str, float]
     model_version: str  # the version these metrics belong to
+    checkpoint_sha256: str  # and its checkpoint, checked against the version's tag before anything was logged
     test_set: dict  # the eval params the metrics were measured with
     model_config: dict  # the size and channels the model reads images at
     overrides: list[str]
@@ -64,6 +78,8 @@ class Evaluation:
 class Champion:
     """champion: the promotion decision for one candidate version: clipcore.evaluate.promotion.Decision's fields, plus
     where it is recorded and for which registered model."""
+
+    published: ClassVar[bool] = True
 
     dir: str
     model_name: str
@@ -78,6 +94,8 @@ class Champion:
 @dataclass(frozen=True)
 class Report:
     """report: the self-contained HTML file."""
+
+    published: ClassVar[bool] = True
 
     dir: str
     html: str

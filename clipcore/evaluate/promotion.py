@@ -20,11 +20,18 @@ class Decision:
 
 
 def decide(candidate_version: str, candidate: dict[str, float], champion_version: str | None,
-           champion: dict[str, float] | None, alias: str = "champion") -> Decision:
+           champion: dict[str, float] | None, alias: str = "champion", champion_error: str | None = None) -> Decision:
     """Promote when there is no champion (or it is the candidate itself) or when the candidate's first GATE metric
-    (zero-shot top-1) is higher than the champion's on the same test set."""
+    (zero-shot top-1) is higher than the champion's on the same test set.
+
+    `champion_error` says why the champion could not be measured (its artifacts are gone): the loadable candidate is
+    promoted, so that the alias points at a model that can be served again, and the reason says so.
+    """
     key = GATE[0]
     candidate = {k: candidate[k] for k in GATE}
+    if champion_error is not None and champion_version not in (None, candidate_version):
+        return Decision(True, f"v{candidate_version} top-1 {candidate[key]:.4f}: {champion_error}, so the loadable "
+                        f"candidate is now @{alias}", candidate_version, candidate, champion_version, None)
     if champion_version is None or champion_version == candidate_version or champion is None:
         return Decision(True, f"v{candidate_version} top-1 {candidate[key]:.4f}: no champion before, now @{alias}",
                         candidate_version, candidate, None, None)

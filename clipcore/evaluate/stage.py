@@ -57,9 +57,10 @@ class EvaluationResult:
 
 
 def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root: str | Path, e: EvalConfig,
-                   out: str | Path, metrics_path: str | Path) -> EvaluationResult:
+                   out: str | Path, metrics_path: str | Path, identity: dict | None = None) -> EvaluationResult:
     """Evaluate the checkpoint on the test set, the held-out pairs and (with `probe_size`) a linear probe; writes
-    `metrics_path` and out/details.json (per-class accuracy, confusions, retrieval examples)."""
+    `metrics_path` and out/details.json (per-class accuracy, confusions, retrieval examples, and `identity`: which
+    model these numbers belong to)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_checkpoint(checkpoint)
@@ -79,7 +80,7 @@ def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root:
                 for i, j, n in top_confusions(result["confusion"])]
     details = {"class_names": class_names, "per_class_accuracy": result["per_class_accuracy"],
                "confused_pairs": confused, "confusion": result["confusion"], "retrieval_examples": examples,
-               "test_images": len(test_labels), "holdout_pairs": len(uids)}
+               "test_images": len(test_labels), "holdout_pairs": len(uids), **(identity or {})}
     Path(metrics_path).write_text(json.dumps(result["metrics"], indent=2))
     (out / "details.json").write_text(json.dumps(details, indent=2))
     return EvaluationResult(result["metrics"], model.config)

@@ -6,6 +6,7 @@ and its safetensors checkpoint format.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -191,3 +192,17 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[ClipMod
     model = build_model(config, tokenizer, architecture=json.loads(towers.read_text()) if towers.exists() else {})
     load_model(model, str(directory / "model.safetensors"), device=device)
     return model.eval(), tokenizer
+
+
+def checkpoint_digest(directory: str | Path) -> str:
+    """sha256 over a checkpoint folder's files (names and bytes, in name order): the identity that every product
+    derived from the checkpoint records, so that none is ever attached to another checkpoint."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        # name and size first: no two different folders frame to the same byte stream
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 from dagster import (
@@ -16,10 +18,20 @@ from dagster import (
 
 from clipcore.evaluate.metric_names import CONTRACT
 from clipcore.evaluate.stage import run_evaluation
+from clipcore.model.clip_model import checkpoint_digest
 from pipelines.assets import GROUP, StageConfig
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import log_evaluation
 from pipelines.values import CaptionShards, Evaluation, TrainedModel
+
+
+def check_checkpoint(trained: TrainedModel) -> None:
+    """Raise unless the checkpoint folder holds the files `trained` was registered with."""
+    found = checkpoint_digest(trained.checkpoint)
+    if found != trained.checkpoint_sha256:
+        raise ValueError(f"{trained.checkpoint} is checkpoint {found[:12]}, but clip_model's value (v"
+                         f"{trained.model_version}) describes {trained.checkpoint_sha256[:12]}: materialize clip_model "
+                         "again")
 
 
 @asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
@@ -27,21 +39,35 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
                mlflow_store: MLflowResource, caption_shards: CaptionShards,
                clip_model: TrainedModel) -> Output[Evaluation]:
     """Zero-shot classification of the test set, retrieval on the held-out pairs (their images are in the shards), a
-    linear probe; writes outputs/metrics.json and logs it to the model's training run."""
+    linear probe; writes outputs/metrics.json and logs it to the model's training run. Refuses a checkpoint whose
+    files are not the ones `clip_model` registered."""
     cfg = pipeline.load_config("evaluate", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
-    out = pipeline.stage_dir("evaluation")
-    metrics_path = Path(pipeline.outputs_dir) / "metrics.json"
-    result = run_evaluation(clip_model.checkpoint, clip_model.holdout, caption_shards.dir, cfg.eval, out, metrics_path)
-    log_evaluation(clip_model.run_id, clip_model.model_name, clip_model.model_version, result.metrics,
-                   [metrics_path, out / "details.json"])
-    value = Evaluation(dir=str(out), metrics_path=str(metrics_path), details=str(out / "details.json"),
-                       metrics=result.metrics, model_version=clip_model.model_version,
-                       test_set=dataclasses.asdict(cfg.eval), model_config=dataclasses.asdict(result.model_config),
-                       overrides=list(config.overrides))
+    identity = {"model_name": clip_model.model_name, "model_version": clip_model.model_version,
+                "checkpoint_sha256": clip_model.checkpoint_sha256}
+    with pipeline.writing("evaluation") as stage:
+        with pipeline.reading("clip_model"):  # no pretrain run swaps the checkpoint while it is checked and read
+            check_checkpoint(clip_model)
+            result = run_evaluation(clip_model.checkpoint, clip_model.holdout, caption_shards.dir, cfg.eval,
+                                    stage.work, stage.work / "metrics.json", identity)
+        log_evaluation(clip_model.run_id, clip_model.model_name, clip_model.model_version,
+                       clip_model.checkpoint_sha256, result.metrics,
+                       [stage.work / "metrics.json", stage.work / "details.json"])
+        value = Evaluation(dir=str(stage.final), metrics_path=str(stage.final / "metrics.json"),
+                           details=str(stage.final / "details.json"), metrics=result.metrics,
+                           model_version=clip_model.model_version, checkpoint_sha256=clip_model.checkpoint_sha256,
+                           test_set=dataclasses.asdict(cfg.eval), model_config=dataclasses.asdict(result.model_config),
+                           overrides=list(config.overrides))
+        stage.publish(value)
+        # DVC's metrics file: a copy of the published one, replaced whole (the report checks the two agree)
+        metrics_path = Path(pipeline.outputs_dir) / "metrics.json"
+        tmp = metrics_path.with_suffix(".json.tmp")
+        shutil.copyfile(Path(value.metrics_path), tmp)
+        os.replace(tmp, metrics_path)
     return Output(value, metadata={
         **{k: MetadataValue.float(v) for k, v in result.metrics.items()},
         "model": f"{clip_model.model_name} v{clip_model.model_version}",
+        "checkpoint_sha256": clip_model.checkpoint_sha256,
         "config": MetadataValue.json(value.test_set),
     })
 

@@ -28,20 +28,22 @@ def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipel
     """Basic rules, language, exact/near duplicates and CLIP score: kept.parquet and rejected.parquet (one reason
     per rejected row)."""
     cfg = pipeline.load_config("filter", config.overrides)
-    out = pipeline.stage_dir("filtered_captions")
     load_embedders = None
     if cfg.filter.clip_score.enabled:
         mlflow_store.setup(cfg.registry.experiment)
         from pipelines.tracking import mlflow_embedders  # MLflow only when a registered model scores the pairs
 
         load_embedders = mlflow_embedders
-    result = run_filter(caption_shards.dir, cfg.filter, out, load_embedders)
+    with pipeline.writing("filtered_captions") as stage:
+        result = run_filter(caption_shards.dir, cfg.filter, stage.work, load_embedders)
+        value = FilteredCaptions(dir=str(stage.final), kept=str(stage.final / "kept.parquet"),
+                                 rejected=str(stage.final / "rejected.parquet"), funnel=result.counts,
+                                 config=flatten({"filter": cfg.filter}))
+        stage.publish(value)
     counts = result.counts
     kept_rows, rejected_rows = sample_rows(result.kept, result.rejected)
     funnel_table = pl.DataFrame({"stage": ["rows in", "kept", *counts["rejected_by_reason"]],
                                  "rows": [counts["rows_in"], counts["kept"], *counts["rejected_by_reason"].values()]})
-    value = FilteredCaptions(dir=str(out), kept=str(out / "kept.parquet"), rejected=str(out / "rejected.parquet"),
-                             funnel=counts, config=flatten({"filter": cfg.filter}))
     return Output(value, metadata={
         "rows_in": counts["rows_in"], "kept": counts["kept"], "rejected": counts["rejected"],
         "rejected_by_reason": MetadataValue.json(counts["rejected_by_reason"]),

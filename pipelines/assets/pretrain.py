@@ -17,11 +17,12 @@ from dagster import (
 from pydantic import Field
 
 from clipcore.config import flatten
+from clipcore.model.clip_model import checkpoint_digest
 from pipelines.assets import GROUP, StageConfig
 from pipelines.pipes_train import METRICS
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import log_and_register
+from pipelines.tracking import log_and_register, tracked_run
 from pipelines.values import CaptionShards, FilteredCaptions, TrainedModel
 
 
@@ -32,8 +33,9 @@ class PretrainConfig(StageConfig):
                           "launched through Dagster Pipes, streaming logs and metrics back")
     nproc_per_node: int = Field(default=2, description="torchrun processes per node")
     nnodes: int = Field(default=1, description="torchrun nodes (more than 1 needs a rendezvous endpoint)")
-    resume: bool = Field(default=False, description="continue an interrupted training from "
-                         "outputs/clip_model/train_state.pt (set train.checkpoint_every), in the MLflow run it started")
+    resume: bool = Field(default=False, description="continue an interrupted training from its state "
+                         "(outputs/.partial/clip_model/train_state.pt; set train.checkpoint_every), in the MLflow run "
+                         "it started")
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:
@@ -52,39 +54,44 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
                caption_shards: CaptionShards, filtered_captions: FilteredCaptions) -> Output[TrainedModel]:
     """A CLIP model trained on the kept rows, checkpointed as safetensors, logged and registered in MLflow."""
     cfg = pipeline.load_config("pretrain", config.overrides)
-    out = pipeline.stage_dir("clip_model")
     mlflow_store.setup(cfg.registry.experiment)
-    resumed_run_id = resumable_run_id(out / "train_state.pt") if config.resume else None
     params = flatten({"model": cfg.model, "loss": cfg.loss, "train": cfg.train, "eval": cfg.eval})
 
     def on_log(record: dict) -> None:
         mlflow.log_metrics({k: record[k] for k in METRICS}, step=int(record["step"]))
 
-    with mlflow.start_run(run_id=resumed_run_id, run_name=None if config.resume else f"pretrain-{cfg.loss.name}",
-                          log_system_metrics=True) as run:
-        if config.resume:  # same run: its params stay; the resuming Dagster run is recorded beside the first one
-            mlflow.set_tag("resumed_by_dagster_run_id", context.run_id)
-            context.log.info(f"resuming MLflow run {run.info.run_id} from {out / 'train_state.pt'}")
-        else:
-            # what it trained on too: the filter params that made the kept rows, the ingest input behind them
-            mlflow.log_params({**params, **filtered_captions.config, "ingest.input": caption_shards.input})
-            mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
-        if config.launcher == "torchrun":
-            command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions.kept,
-                                       caption_shards.dir, out, config.nproc_per_node, config.nnodes, config.resume,
-                                       run.info.run_id)
-            summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
-        elif config.launcher == "in_process":
-            summary, history = train_in_process(filtered_captions.kept, caption_shards.dir, out, cfg, on_log,
-                                                config.resume, run.info.run_id)
-        else:
-            raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
-        mlflow.log_metrics(summary_metrics(summary))
-        model_uri, version = log_and_register(out / "checkpoint", cfg.registry.model_name)
-    value = TrainedModel(dir=str(out), checkpoint=str(out / "checkpoint"), holdout=str(out / "holdout.parquet"),
-                         history=str(out / "history.json"), run_id=run.info.run_id,
-                         model_name=cfg.registry.model_name, model_version=version, model_uri=model_uri,
-                         loss=cfg.loss.name, config=params)
+    # an interrupted training's state stays in the stage's work folder; only a finished one is published
+    with pipeline.writing("clip_model", keep_partial=config.resume) as stage:
+        out = stage.work
+        resumed_run_id = resumable_run_id(out / "train_state.pt") if config.resume else None
+        with tracked_run(run_id=resumed_run_id, run_name=None if config.resume else f"pretrain-{cfg.loss.name}",
+                         log_system_metrics=True) as run:
+            if config.resume:  # same run: its params stay; the resuming Dagster run is recorded beside the first one
+                mlflow.set_tag("resumed_by_dagster_run_id", context.run_id)
+                context.log.info(f"resuming MLflow run {run.info.run_id} from {out / 'train_state.pt'}")
+            else:
+                # what it trained on too: the filter params that made the kept rows, the ingest input behind them
+                mlflow.log_params({**params, **filtered_captions.config, "ingest.input": caption_shards.input})
+                mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
+            if config.launcher == "torchrun":
+                command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions.kept,
+                                           caption_shards.dir, out, config.nproc_per_node, config.nnodes,
+                                           config.resume, run.info.run_id)
+                summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
+            elif config.launcher == "in_process":
+                summary, history = train_in_process(filtered_captions.kept, caption_shards.dir, out, cfg, on_log,
+                                                    config.resume, run.info.run_id)
+            else:
+                raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
+            mlflow.log_metrics(summary_metrics(summary))
+            digest = checkpoint_digest(out / "checkpoint")
+            model_uri, version = log_and_register(out / "checkpoint", cfg.registry.model_name, digest)
+        final = stage.final
+        value = TrainedModel(dir=str(final), checkpoint=str(final / "checkpoint"),
+                             holdout=str(final / "holdout.parquet"), history=str(final / "history.json"),
+                             run_id=run.info.run_id, model_name=cfg.registry.model_name, model_version=version,
+                             model_uri=model_uri, loss=cfg.loss.name, config=params, checkpoint_sha256=digest)
+        stage.publish(value)
     return Output(value, metadata={
         "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
         "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
@@ -96,7 +103,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
         "streamed_records": summary.get("streamed_records", len(history)),
         "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
         "final_temperature": history[-1]["temperature"],
-        "config": MetadataValue.json(params),
+        "checkpoint_sha256": digest, "config": MetadataValue.json(params),
     })
 
 

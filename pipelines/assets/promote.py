@@ -10,8 +10,30 @@ from clipcore.evaluate.promotion import decide
 from clipcore.evaluate.stage import zero_shot_on_test_set
 from pipelines.assets import GROUP, StageConfig
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import CHAMPION, champion_checkpoint, champion_version, record_decision
+from pipelines.tracking import (
+    CHAMPION,
+    ChampionUnavailable,
+    champion_checkpoint,
+    champion_version,
+    record_decision,
+)
 from pipelines.values import Champion, Evaluation, TrainedModel
+
+
+def champion_on_test_set(clip_model: TrainedModel, evaluation: Evaluation) -> tuple[str | None, dict | None,
+                                                                                   str | None]:
+    """(champion version, its metrics on the candidate's test set, why it could not be measured) before the decision:
+    the champion on today's test set, not its old tags."""
+    try:
+        before, checkpoint = champion_checkpoint(clip_model.model_name)
+    except ChampionUnavailable as err:
+        return champion_version(clip_model.model_name), None, str(err)
+    if before is None or before == clip_model.model_version:
+        return before, None, None
+    try:
+        return before, zero_shot_on_test_set(checkpoint, from_dict(EvalConfig, evaluation.test_set)), None
+    except (OSError, ValueError, RuntimeError) as err:  # a checkpoint that does not load (another code version)
+        return before, None, f"champion v{before} cannot be loaded ({type(err).__name__}: {err})"
 
 
 @asset(group_name=GROUP, kinds={"mlflow"})
@@ -19,22 +41,24 @@ def champion(context: AssetExecutionContext, config: StageConfig, pipeline: Pipe
              mlflow_store: MLflowResource, clip_model: TrainedModel, evaluation: Evaluation) -> Output[Champion]:
     """The promotion gate: re-measures the current champion on the candidate's test set, moves the registry's
     `champion` alias to the candidate only if its zero-shot top-1 is higher, and records the decision (with both sets
-    of numbers) on the candidate's version and in outputs/champion/decision.json."""
+    of numbers) on the candidate's version and in outputs/champion/decision.json. A champion that cannot be loaded
+    any more is reported, and the candidate takes the alias."""
     cfg = pipeline.load_config("promote", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
-    if evaluation.model_version != clip_model.model_version:
-        raise ValueError(f"the evaluation is of v{evaluation.model_version}, the candidate is "
-                         f"v{clip_model.model_version}: materialize `evaluation` again")
-    before, checkpoint = champion_checkpoint(clip_model.model_name)
-    champion_metrics = None
-    if before is not None and before != clip_model.model_version:
-        # the champion on today's test set (the one the candidate was measured on), not its old tags
-        champion_metrics = zero_shot_on_test_set(checkpoint, from_dict(EvalConfig, evaluation.test_set))
-    decision = decide(clip_model.model_version, evaluation.metrics, before, champion_metrics, CHAMPION)
-    record_decision(clip_model.model_name, decision)
-    out = pipeline.stage_dir("champion")
-    value = Champion(dir=str(out), model_name=clip_model.model_name, **dataclasses.asdict(decision))
-    (out / "decision.json").write_text(json.dumps(dataclasses.asdict(value), indent=2))
+    if (evaluation.model_version, evaluation.checkpoint_sha256) != (clip_model.model_version,
+                                                                     clip_model.checkpoint_sha256):
+        raise ValueError(f"the evaluation is of v{evaluation.model_version} ({evaluation.checkpoint_sha256[:12]}), "
+                         f"the candidate is v{clip_model.model_version} ({clip_model.checkpoint_sha256[:12]}): "
+                         "materialize `evaluation` again")
+    before, champion_metrics, error = champion_on_test_set(clip_model, evaluation)
+    if error:
+        context.log.warning(error)
+    decision = decide(clip_model.model_version, evaluation.metrics, before, champion_metrics, CHAMPION, error)
+    with pipeline.writing("champion") as stage:
+        record_decision(clip_model.model_name, decision)
+        value = Champion(dir=str(stage.final), model_name=clip_model.model_name, **dataclasses.asdict(decision))
+        (stage.work / "decision.json").write_text(json.dumps(dataclasses.asdict(value), indent=2))
+        stage.publish(value)
     return Output(value, metadata={
         "promoted": decision.promoted, "decision": decision.reason,
         "candidate_top1": decision.candidate["zero_shot_top1"],

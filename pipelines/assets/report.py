@@ -1,6 +1,7 @@
 """The report stage's asset and its check."""
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -19,8 +20,23 @@ from clipcore.config import EvalConfig, ModelConfig, from_dict
 from clipcore.report.stage import ReportSources, build_report
 from pipelines.assets import GROUP, StageConfig
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import git_commit, training_runs
+from pipelines.tracking import git_commit, tracked_run, training_runs
 from pipelines.values import CaptionShards, Champion, Evaluation, FilteredCaptions, Report, TrainedModel
+
+
+def check_same_model(clip_model: TrainedModel, evaluation: Evaluation, champion: Champion, metrics_path: Path) -> None:
+    """Raise unless the evaluation, the decision and DVC's metrics file all belong to `clip_model`'s checkpoint (a
+    stage rerun alone, or killed half way, would otherwise put one model's name on another's numbers)."""
+    if evaluation.checkpoint_sha256 != clip_model.checkpoint_sha256:
+        raise ValueError(f"the evaluation is of checkpoint {evaluation.checkpoint_sha256[:12]} (v"
+                         f"{evaluation.model_version}), clip_model is {clip_model.checkpoint_sha256[:12]} (v"
+                         f"{clip_model.model_version}): materialize `evaluation` again")
+    if champion.candidate_version != clip_model.model_version:
+        raise ValueError(f"the promotion decision is about v{champion.candidate_version}, clip_model is v"
+                         f"{clip_model.model_version}: materialize `champion` again")
+    if not metrics_path.exists() or json.loads(metrics_path.read_text()) != evaluation.metrics:
+        raise ValueError(f"{metrics_path} is not the evaluation of v{evaluation.model_version}: materialize "
+                         "`evaluation` again")
 
 
 @asset(group_name=GROUP, kinds={"html", "mlflow"})
@@ -31,25 +47,28 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
     promotion decision and earlier runs; logged to the model's MLflow run."""
     cfg = pipeline.load_config("report", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
-    out = pipeline.stage_dir("report")
+    check_same_model(clip_model, evaluation, champion, Path(pipeline.outputs_dir) / "metrics.json")
     identifiers = {"MLflow run": clip_model.run_id, "model": clip_model.model_uri,
                    "registered": f"models:/{clip_model.model_name}/{clip_model.model_version}",
-                   "loss": clip_model.loss, "ingest input": caption_shards.input,
-                   "git commit": git_commit() or "-", "dagster_run_id": context.run_id}
-    sources = ReportSources(
-        funnel=filtered_captions.funnel, history=clip_model.history, holdout=clip_model.holdout,
-        shard_root=caption_shards.dir, metrics=evaluation.metrics, details=evaluation.details,
-        decision=dataclasses.asdict(champion), test_set=from_dict(EvalConfig, evaluation.test_set),
-        model=from_dict(ModelConfig, evaluation.model_config), identifiers=identifiers,
-        runs=training_runs(cfg.registry.experiment), config={**clip_model.config, **filtered_captions.config})
-    summary = build_report(sources, out)
-    with mlflow.start_run(run_id=clip_model.run_id):
-        mlflow.log_artifact(str(out / "index.html"), "report")
-        mlflow.set_tag("promotion", champion.reason)
-    value = Report(dir=str(out), html=str(out / "index.html"))
+                   "checkpoint sha256": clip_model.checkpoint_sha256, "loss": clip_model.loss,
+                   "ingest input": caption_shards.input, "git commit": git_commit() or "-",
+                   "dagster_run_id": context.run_id}
+    with pipeline.writing("report") as stage, pipeline.reading("clip_model"), pipeline.reading("evaluation"):
+        sources = ReportSources(
+            funnel=filtered_captions.funnel, history=clip_model.history, holdout=clip_model.holdout,
+            shard_root=caption_shards.dir, metrics=evaluation.metrics, details=evaluation.details,
+            decision=dataclasses.asdict(champion), test_set=from_dict(EvalConfig, evaluation.test_set),
+            model=from_dict(ModelConfig, evaluation.model_config), identifiers=identifiers,
+            runs=training_runs(cfg.registry.experiment), config={**clip_model.config, **filtered_captions.config})
+        summary = build_report(sources, stage.work)
+        with tracked_run(run_id=clip_model.run_id):
+            mlflow.log_artifact(str(stage.work / "index.html"), "report")
+            mlflow.set_tag("promotion", champion.reason)
+        value = Report(dir=str(stage.final), html=str(stage.final / "index.html"))
+        stage.publish(value)
     return Output(value, metadata={
         "summary": MetadataValue.md(summary), "promoted": champion.promoted, "decision": champion.reason,
-        "report": MetadataValue.path(str((out / "index.html").resolve())),
+        "report": MetadataValue.path(str(Path(value.html).resolve())),
     })
 
 

@@ -135,7 +135,7 @@ def test_pretrain_through_pipes_with_two_torchrun_processes(env):
     assert any("trained" in m and "2 processes" in m for m in logs)  # a log line streamed from the external rank 0
     history = MlflowClient(env["uri"]).get_metric_history(meta["mlflow_run_id"].value, "loss")
     assert len(history) == meta["streamed_records"].value  # streamed metric records reached MLflow
-    state = torch.load(env["outputs"] / "clip_model" / "train_state.pt", weights_only=True)
+    state = torch.load(env["outputs"] / "clip_model" / "train_state.pt", weights_only=True)  # published with it
     assert state["extra"]["mlflow_run_id"] == meta["mlflow_run_id"].value  # what `resume: true` continues
 
 
