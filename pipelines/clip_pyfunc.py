@@ -4,6 +4,10 @@
 - `df` with column `image` (PNG/JPEG bytes) -> (n, d) L2-normalized image embeddings;
 - `df` with column `text` (str) -> (n, d) L2-normalized text embeddings;
 - `df` with column `image` and `params={"labels": [...]}` -> one probability column per label plus `label`.
+
+A frame with both columns or neither, a missing value, text that is not a str, an image that is not bytes, or an
+image whose pixel count (as decoded or as resized for the model) exceeds clipcore.evaluate.predict.MAX_PIXELS is
+refused with a ValueError naming the row.
 """
 
 from __future__ import annotations
@@ -26,20 +30,28 @@ class ClipPyfunc(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         from clipcore.evaluate.evaluation import embed_texts
-        from clipcore.evaluate.predict import embed_image_bytes, zero_shot_probabilities
+        from clipcore.evaluate.predict import (
+            check_images,
+            check_labels,
+            check_texts,
+            embed_image_bytes,
+            input_column,
+            zero_shot_probabilities,
+        )
 
-        labels = list((params or {}).get("labels") or [])
-        if "image" in model_input.columns and model_input["image"].notna().all():
-            image_emb = embed_image_bytes(self.model, [bytes(b) for b in model_input["image"]])
-            if not labels:
-                return image_emb.numpy()
-            probs = zero_shot_probabilities(self.model, self.tokenizer, image_emb, labels, self.templates).numpy()
-            out = pd.DataFrame(probs, columns=labels)
-            out["label"] = np.asarray(labels)[probs.argmax(1)]
-            return out
-        if "text" in model_input.columns:
-            return embed_texts(self.model, self.tokenizer, [str(t) for t in model_input["text"]]).numpy()
-        raise ValueError(f"expected a column `image` (bytes) or `text` (str); got {list(model_input.columns)}")
+        column = input_column(model_input.columns)
+        labels = check_labels((params or {}).get("labels"))
+        if column == "text":
+            if labels:
+                raise ValueError("params `labels` classify images; this request has a `text` column")
+            return embed_texts(self.model, self.tokenizer, check_texts(model_input["text"])).numpy()
+        image_emb = embed_image_bytes(self.model, check_images(model_input["image"]))
+        if not labels:
+            return image_emb.numpy()
+        probs = zero_shot_probabilities(self.model, self.tokenizer, image_emb, labels, self.templates).numpy()
+        out = pd.DataFrame(probs, columns=labels)
+        out["label"] = np.asarray(labels)[probs.argmax(1)]
+        return out
 
 
 mlflow.models.set_model(ClipPyfunc())

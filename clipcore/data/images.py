@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:  # torch and torchvision load lazily: ingestion workers decode with PIL alone
@@ -12,10 +13,38 @@ if TYPE_CHECKING:  # torch and torchvision load lazily: ingestion workers decode
     from torchvision.transforms import v2
 
 MEAN, STD = 0.5, 0.5  # maps [0, 1] pixels to [-1, 1]
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+"""PIL modes holding one color channel (16-bit `I;16*` modes too); they become `L`, every other mode `RGB`."""
 
 
-def decode_image(payload: bytes, max_pixels: int) -> Image.Image:
-    """Decode and fully load image bytes.
+def resized_size(width: int, height: int, image_size: int) -> tuple[int, int]:
+    """(width, height) after `build_resize`'s resize of the shorter side to `image_size` (torchvision's rounding),
+    before its center crop: a very long thin image grows along its long side."""
+    if width <= height:
+        return image_size, int(image_size * height / width)
+    return int(image_size * width / height), image_size
+
+
+def check_pixels(width: int, height: int, max_pixels: int, image_size: int | None = None) -> None:
+    """Refuse an image (from its header's size alone) with more than `max_pixels` pixels or, with `image_size`, whose
+    resize for the model would have more: a 1,000,000x1 image is small but resizes to 28x28,000,000.
+
+    Raises:
+        ValueError: `"too_many_pixels: <detail>"`.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"undecodable_image: {width}x{height} has no pixels")
+    if width * height > max_pixels:
+        raise ValueError(f"too_many_pixels: {width}x{height} > {max_pixels}")
+    if image_size is not None:
+        resized = resized_size(width, height, image_size)
+        if resized[0] * resized[1] > max_pixels:
+            raise ValueError(f"too_many_pixels: {width}x{height} resizes to {resized[0]}x{resized[1]} for the model, "
+                             f"> {max_pixels}")
+
+
+def decode_image(payload: bytes, max_pixels: int, image_size: int | None = None) -> Image.Image:
+    """Decode and fully load image bytes, its size checked from the header first (see `check_pixels`).
 
     Raises:
         ValueError: `"<reason>: <detail>"` with reason `empty_file`, `too_many_pixels` or `undecodable_image`.
@@ -24,21 +53,41 @@ def decode_image(payload: bytes, max_pixels: int) -> Image.Image:
         raise ValueError("empty_file: 0 bytes")
     try:
         with Image.open(io.BytesIO(payload)) as probe:
-            width, height = probe.size
-            if width * height > max_pixels:
-                raise ValueError(f"too_many_pixels: {width}x{height} > {max_pixels}")
+            check_pixels(*probe.size, max_pixels, image_size)  # reads only the header: nothing decoded yet
             probe.load()  # decodes every pixel: truncated or corrupt data fails here, not later
             return probe.copy()
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"undecodable_image: {err}") from err
 
 
+def to_rgb_or_gray(image: Any) -> Any:
+    """A PIL image in any mode as `L` (one-channel modes) or `RGB` (all others) with its colors kept: palettes looked
+    up, CMYK/YCbCr/HSV/LAB converted, alpha dropped (as CLIP's own `convert("RGB")`), 16-bit samples scaled to 8
+    bits (PIL's convert would clip them at 255). `L` and `RGB` images, and anything not a PIL image, pass as they
+    are, so the tensor steps of `build_resize` still map L <-> RGB exactly as before.
+
+    Raises:
+        ValueError: `"undecodable_image: ..."` for a mode PIL cannot convert.
+    """
+    if not isinstance(image, Image.Image) or image.mode in ("L", "RGB"):
+        return image
+    if image.mode.startswith("I"):  # I;16, I;16B, ... and I (PNG's 16-bit gray in older Pillow): 0..65535
+        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((samples * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8: mode L
+    target = "L" if image.mode in GRAY_MODES else "RGB"
+    try:
+        return image.convert("RGBA").convert(target) if image.mode in ("P", "PA") else image.convert(target)
+    except ValueError as err:  # e.g. premultiplied `La`, which no decoder produces
+        raise ValueError(f"undecodable_image: image mode {image.mode} cannot be converted to {target}") from err
+
+
 def build_resize(image_size: int, channels: int) -> v2.Compose:
-    """PIL image -> (C, S, S) uint8 tensor: channel mode, shorter side resized to S, center crop."""
+    """PIL image (any mode) -> (C, S, S) uint8 tensor: channel mode, shorter side resized to S, center crop."""
     from torchvision.transforms import v2
 
     mode = v2.Grayscale(num_output_channels=1) if channels == 1 else v2.RGB()
-    return v2.Compose([v2.ToImage(), mode, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+    return v2.Compose([to_rgb_or_gray, v2.ToImage(), mode, v2.Resize(image_size, antialias=True),
+                       v2.CenterCrop(image_size)])
 
 
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
