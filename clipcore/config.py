@@ -118,6 +118,8 @@ class IngestConfig:
     """Seconds per connect and per read."""
     retries: int = bounded(2, ge=0)
     """Retries (with backoff) on 5xx, timeouts and reset connections; never on 4xx."""
+    total_timeout: float | None = bounded(None, gt=0)
+    """Seconds one fetch may take in all (retries, redirects, the body); None: `timeout` x (`retries` + 1)."""
     max_redirects: int = bounded(5, ge=0)
     """Redirects followed before `too_many_redirects`."""
     max_bytes: int = bounded(20_000_000, ge=1)

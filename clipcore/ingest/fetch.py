@@ -1,33 +1,46 @@
-"""Fetching one row's image bytes: HTTP(S) with retries and limits, local files, or a member of a tar shard.
+"""Fetching one row's image bytes: HTTP(S) with retries, redirects and limits, local files, or a member of a tar
+shard.
 
-Every failure becomes a short reason string (`http_404`, `timeout`, `connection_refused`,
-`too_many_redirects`, `too_large`, `scheme_not_allowed`, `malformed_url`, ...), never an exception.
+Every failure becomes a short reason string (`http_404`, `timeout`, `connection_refused`, `too_many_redirects`,
+`redirect_scheme_not_allowed`, `too_large`, `scheme_not_allowed`, `malformed_url`, ...), never an exception.
+
+Redirects and retries are followed here rather than by urllib3, so that every redirect target passes the same
+scheme allow-list as the input URL (a `Location: file:///etc/passwd` is a reason, not an urllib3 exception) and
+one deadline covers the whole fetch: connecting, every retry and redirect, and reading the body (a server that
+drips a byte a second cannot hold a download thread past it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
 import threading
+import time
+from http.client import HTTPException
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    MaxRetryError,
+    DecodeError,
+    HTTPError,
+    LocationValueError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
-    ResponseError,
+    URLSchemeUnknown,
 )
 
 from clipcore.config import IngestConfig
 
 ALLOWED_SCHEMES = ("http", "https")
 RETRY_STATUSES = (500, 502, 503, 504)
-BACKOFF = 0.2  # seconds; urllib3 doubles it per retry
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+RETRY_REASONS = ("timeout", "connection_reset", "connection_refused", "connection_failed")
+BACKOFF = 0.2  # seconds before the first retry, doubled for each further one
 
 
 class FetchError(Exception):
@@ -66,15 +79,13 @@ class Fetcher:
         self.config = config
         self.local_root = str(local_root.resolve()) if local_root is not None else None
         self._root_prefix = os.path.join(self.local_root, "") if self.local_root else ""  # "<root>/"
-        retry = urllib3.Retry(
-            total=config.retries + config.max_redirects, connect=config.retries, read=config.retries,
-            status=config.retries, other=0, redirect=config.max_redirects, status_forcelist=RETRY_STATUSES,
-            backoff_factor=BACKOFF, raise_on_redirect=True, raise_on_status=False,
-            respect_retry_after_header=False, allowed_methods=frozenset({"GET"}),
-        )
-        self.http = urllib3.PoolManager(num_pools=64, maxsize=32, retries=retry,
+        # the retries' own budget unless a tighter total is set: `timeout` per attempt
+        self.deadline_s = (config.total_timeout if config.total_timeout is not None
+                           else config.timeout * (config.retries + 1))
+        # retries=False: urllib3 raises the first error and never follows a redirect; both happen in `_http`
+        self.http = urllib3.PoolManager(num_pools=64, maxsize=32, retries=False,
                                         headers={"User-Agent": config.user_agent})
-        self._tars: dict[str, tarfile.TarFile] = {}
+        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
         self._tar_lock = threading.Lock()
 
     def fetch(self, url: str) -> bytes:
@@ -112,56 +123,145 @@ class Fetcher:
                 raise FetchError("unreadable_file") from err
 
     def _http(self, url: str) -> bytes:
+        """GET `url`, following at most `max_redirects` redirects, each target checked like an input URL."""
+        deadline = time.monotonic() + self.deadline_s
+        for _ in range(self.config.max_redirects + 1):
+            response = self._request(url, deadline)
+            if response.status not in REDIRECT_STATUSES:
+                return self._read_body(response, deadline)
+            location = response.headers.get("Location")
+            _discard(response)
+            url = redirect_target(url, location)
+        raise FetchError("too_many_redirects")
+
+    def _request(self, url: str, deadline: float) -> urllib3.BaseHTTPResponse:
+        """One response (headers read, body not), after up to `retries` retries of 5xx and network errors."""
         cfg = self.config
+        for attempt in range(cfg.retries + 1):
+            per_read = min(cfg.timeout, deadline - time.monotonic())
+            if per_read <= 0:
+                raise FetchError("timeout")
+            try:
+                response = self.http.request("GET", url, preload_content=False, redirect=False,
+                                             timeout=urllib3.Timeout(connect=per_read, read=per_read))
+            except (HTTPError, OSError) as err:
+                reason = _reason(err)
+                if reason not in RETRY_REASONS or attempt == cfg.retries:
+                    raise FetchError(reason) from err
+            else:
+                if response.status not in RETRY_STATUSES or attempt == cfg.retries:
+                    return response
+                _discard(response)
+            pause = min(BACKOFF * 2**attempt, deadline - time.monotonic())
+            if pause <= 0:
+                raise FetchError("timeout")
+            time.sleep(pause)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """The body of a final (non-redirect) response, within `max_bytes` and before `deadline`.
+
+        A timer shuts the socket at the deadline: a blocked read returns at once, however slowly the bytes come.
+        """
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError, RuntimeError, ValueError):  # the response may just have finished
+                response.shutdown()
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+        timer.daemon = True
+        timer.start()
+        complete = False
         try:
-            response = self.http.request("GET", url, preload_content=False, timeout=urllib3.Timeout(
-                connect=cfg.timeout, read=cfg.timeout))
-        except MaxRetryError as err:
-            raise FetchError(_reason(err.reason)) from err
-        except (ReadTimeoutError, ConnectTimeoutError) as err:
-            raise FetchError("timeout") from err
-        except (ProtocolError, OSError) as err:
-            raise FetchError("connection_reset") from err
-        try:
-            if response.status >= 400:
-                raise FetchError(f"http_{response.status}")
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > cfg.max_bytes:
-                raise FetchError("too_large")
-            chunks, size = [], 0
-            for chunk in response.stream(65536):
-                size += len(chunk)
-                if size > cfg.max_bytes:
-                    raise FetchError("too_large")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            body = self._stream(response)
+            if expired.is_set():
+                raise FetchError("timeout")  # the shut socket looked like the end of a short body
+            complete = True
+            return body
         except (ReadTimeoutError, TimeoutError) as err:
             raise FetchError("timeout") from err
-        except (ProtocolError, OSError) as err:
-            raise FetchError("connection_reset") from err
+        except DecodeError as err:
+            raise FetchError("bad_content_encoding") from err
+        except (HTTPError, HTTPException, OSError) as err:  # a reset, or a body cut short
+            raise FetchError("timeout" if expired.is_set() else "connection_reset") from err
         finally:
-            response.release_conn()
+            timer.cancel()
+            if complete:
+                response.release_conn()
+            else:
+                _discard(response)
+
+    def _stream(self, response: urllib3.BaseHTTPResponse) -> bytes:
+        max_bytes = self.config.max_bytes
+        if response.status >= 400:
+            raise FetchError(f"http_{response.status}")
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise FetchError("too_large")
+        chunks, size = [], 0
+        for chunk in response.stream(65536):
+            size += len(chunk)
+            if size > max_bytes:
+                raise FetchError("too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _tar_member(self, url: str) -> bytes:
+        """A member of a local tar by name; a name repeated in the tar reads its first occurrence (see sources)."""
         shard, member = url.split("#", 1)
         shard = self._confined(shard)
         with self._tar_lock:  # tarfile objects are not thread-safe
-            tar = self._tars.get(shard)
-            if tar is None:
-                tar = self._tars[shard] = tarfile.open(shard)  # noqa: SIM115 (kept open for the shard's rows)
-            handle = tar.extractfile(member)
+            if shard not in self._tars:
+                tar = tarfile.open(shard)  # noqa: SIM115 (kept open for the shard's rows)
+                first: dict[str, tarfile.TarInfo] = {}
+                for info in tar.getmembers():
+                    first.setdefault(info.name, info)
+                self._tars[shard] = tar, first
+            tar, first = self._tars[shard]
+            info = first.get(member)
+            handle = tar.extractfile(info) if info is not None else None
             if handle is None:
                 raise FetchError("no_image")
             return handle.read()
 
 
-def _reason(cause: BaseException | None) -> str:
-    if isinstance(cause, ResponseError):
-        return "too_many_redirects" if "redirect" in str(cause).lower() else "http_5xx"
-    if isinstance(cause, NewConnectionError):  # checked first: urllib3 makes it a ConnectTimeoutError subclass
-        return "connection_refused" if "refused" in str(cause).lower() else "connection_failed"
-    if isinstance(cause, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
+def redirect_target(url: str, location: str | None) -> str:
+    """The absolute URL a redirect from `url` leads to, or FetchError(`redirect_<reason>`) when it may not be fetched.
+
+    The target passes the same checks as an input URL, with no local root: only http(s) to a host.
+    """
+    if not location or not location.strip():
+        raise FetchError("redirect_without_location")
+    location = location.strip()
+    try:
+        # an absolute target is checked as written: urljoin would read `http://` (no host) as "this same URL"
+        target = location if urlsplit(location).scheme else urljoin(url, location)
+        classify_url(target, None)
+    except FetchError as err:
+        raise FetchError(f"redirect_{err.reason}") from err
+    except ValueError as err:  # urlsplit: e.g. an unclosed IPv6 bracket
+        raise FetchError("redirect_malformed_url") from err
+    return target
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Close a response whose body is not read (a redirect, an error status, a failed read) and free its pool slot.
+
+    Closing, not draining: the unread body may be huge or slow, and a connection left mid-body must not be reused.
+    """
+    response.close()
+    response.release_conn()
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, NewConnectionError):  # checked first: urllib3 makes it a ConnectTimeoutError subclass
+        return "connection_refused" if "refused" in str(err).lower() else "connection_failed"
+    if isinstance(err, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(cause, ProtocolError):
+    if isinstance(err, ProtocolError | ConnectionResetError):
         return "connection_reset"
+    if isinstance(err, LocationValueError | URLSchemeUnknown):
+        return "malformed_url"
     return "connection_failed"

@@ -27,6 +27,17 @@ def bomb_png(side: int = 3000) -> bytes:
     return buf.getvalue()
 
 
+# path -> Location header (None: a redirect without one)
+REDIRECTS = {
+    "/redirect-file": "file:///etc/passwd",
+    "/redirect-ftp": "ftp://example.com/a.jpg",
+    "/redirect-no-host": "http://",
+    "/redirect-garbage": "http://[not-an-ip",
+    "/redirect-spaces": "not a url at all",
+    "/redirect-none": None,
+}
+
+
 class Handler(BaseHTTPRequestHandler):
     flaky_hits: dict[str, int] = {}
     user_agents: list[str] = []
@@ -42,6 +53,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
+
+    def drip(self, body: bytes, every: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(min(len(body), 40)):  # at most a minute, so a test's server thread always ends
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+            time.sleep(every)
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         Handler.user_agents.append(self.headers.get("User-Agent", ""))
@@ -63,6 +83,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(302, headers={"Location": "/loop"})
         if path == "/redirect":
             return self.send(302, headers={"Location": "/good/3.jpg"})
+        if path in REDIRECTS:  # hostile redirect targets
+            return self.send(302, headers={"Location": REDIRECTS[path]} if REDIRECTS[path] is not None else {})
+        if path == "/drip":  # a valid header, then one byte of body every 1.5 s
+            return self.drip(jpeg(), 1.5)
+        if path == "/bad-gzip":
+            return self.send(200, b"not gzip at all", headers={"Content-Encoding": "gzip"})
         if path == "/empty":
             return self.send(200, b"")
         if path == "/html":

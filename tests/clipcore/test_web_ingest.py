@@ -5,12 +5,14 @@ import gzip
 import io
 import json
 import tarfile
+import time
 
 import polars as pl
 import pytest
 
 from clipcore.config import IngestConfig
 from clipcore.data.layout import read_manifest
+from clipcore.ingest.fetch import Fetcher, FetchError, redirect_target
 from clipcore.ingest.sources import read_source
 from clipcore.ingest.stage import ingest
 from tests.clipcore.http_fixture import Handler, ImageServer, closed_port, jpeg
@@ -33,6 +35,13 @@ CASES = [
     ("/bomb", "a decompression bomb here", "failed_to_decode", "too_many_pixels"),
     ("/big", "a body that is too big", "failed_to_download", "too_large"),
     ("/reset", "a reset connection here", "failed_to_download", "connection_reset"),
+    ("/redirect-file", "a redirect to a local file", "failed_to_download", "redirect_scheme_not_allowed"),
+    ("/redirect-ftp", "a redirect to an ftp url", "failed_to_download", "redirect_scheme_not_allowed"),
+    ("/redirect-no-host", "a redirect to no host", "failed_to_download", "redirect_malformed_url"),
+    ("/redirect-garbage", "a redirect to garbage", "failed_to_download", "redirect_malformed_url"),
+    ("/redirect-none", "a redirect with no target", "failed_to_download", "redirect_without_location"),
+    ("/drip", "one byte every 1.5 seconds", "failed_to_download", "timeout"),
+    ("/bad-gzip", "a body that is not gzip", "failed_to_download", "bad_content_encoding"),
     ("REFUSED", "nothing listens there", "failed_to_download", "connection_refused"),
     ("file:///etc/passwd", "a local file url", "failed_to_download", "scheme_not_allowed"),
     ("ftp://example.com/a.jpg", "an ftp url here", "failed_to_download", "scheme_not_allowed"),
@@ -85,6 +94,50 @@ def test_every_bad_case_has_its_reason(tmp_path):
         with tarfile.open(shard) as tar:
             names += [n for n in tar.getnames() if n.endswith(".jpg")]
     assert len(names) == stats["success"] == 3
+
+
+def fetch_reason(fetcher: Fetcher, url: str) -> tuple[str, float]:
+    """(the FetchError reason, or `ok`; seconds the fetch took)."""
+    start = time.monotonic()
+    try:
+        fetcher.fetch(url)
+        reason = "ok"
+    except FetchError as err:
+        reason = err.reason
+    return reason, time.monotonic() - start
+
+
+def test_drip_fed_body_stops_at_the_total_deadline():
+    """A server sending one byte every 1.5 s passes every per-read timeout; the whole fetch still ends on time:
+    by default after `timeout` x (`retries` + 1), or after `total_timeout` when that is set."""
+    with ImageServer() as base:
+        reason, seconds = fetch_reason(Fetcher(IngestConfig(timeout=2.0, retries=0)), base + "/drip")
+        assert reason == "timeout" and 1.9 < seconds < 3.0
+        reason, seconds = fetch_reason(Fetcher(IngestConfig(timeout=2.0, retries=2, total_timeout=0.5)),
+                                       base + "/drip")
+        assert reason == "timeout" and seconds < 1.2
+        # a good image is not cut short by the deadline's timer
+        assert fetch_reason(Fetcher(IngestConfig(timeout=2.0, total_timeout=0.5)), base + "/good/2.jpg")[0] == "ok"
+
+
+def test_every_redirect_target_passes_the_scheme_allow_list():
+    assert redirect_target("http://a.example/x/y.jpg", "/z.jpg") == "http://a.example/z.jpg"
+    assert redirect_target("http://a.example/x/y.jpg", "z.jpg") == "http://a.example/x/z.jpg"
+    assert redirect_target("https://a.example/y.jpg", "//b.example/z.jpg") == "https://b.example/z.jpg"
+    assert redirect_target("http://a.example/y.jpg", "HTTPS://b.example/z.jpg") == "HTTPS://b.example/z.jpg"
+    refused = {"file:///etc/passwd": "redirect_scheme_not_allowed", "ftp://b.example/z.jpg":
+               "redirect_scheme_not_allowed", "gopher://b.example/": "redirect_scheme_not_allowed",
+               "http://": "redirect_malformed_url", "http://[::1": "redirect_malformed_url",
+               "a b c": "redirect_malformed_url", "": "redirect_without_location", None: "redirect_without_location"}
+    for location, reason in refused.items():
+        with pytest.raises(FetchError) as err:
+            redirect_target("http://a.example/y.jpg", location)
+        assert err.value.reason == reason, location
+    # a redirect to a local file, fetched for real, is that row's reason and never read the file
+    with ImageServer() as base:
+        assert fetch_reason(Fetcher(IngestConfig()), base + "/redirect-file")[0] == "redirect_scheme_not_allowed"
+        assert fetch_reason(Fetcher(IngestConfig()), base + "/redirect")[0] == "ok"  # relative, same host
+        assert fetch_reason(Fetcher(IngestConfig(max_redirects=0)), base + "/redirect")[0] == "too_many_redirects"
 
 
 def test_resume_skips_complete_shards_and_redoes_partial_ones(tmp_path):
