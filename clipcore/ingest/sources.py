@@ -3,7 +3,8 @@ image folders with sidecar `.txt` captions, webdataset tar shards and COCO-style
 
 Every reader returns the same table: `url` (an http(s) URL, a local path, or `<shard>.tar#<member>`),
 `caption`, `source_error` (a reason when the row is unusable before any fetch) and the input's extra
-columns. Structural problems (missing file or column, unknown format) raise before any work starts.
+columns. Structural problems (missing file or column, unknown format, an input with no rows) raise before any
+work starts.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def read_url_list(path: str | Path, fmt: str, url_col: str, caption_col: str) ->
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
+    if path.stat().st_size == 0:  # polars would say "empty CSV" or fail to infer a type, without the file's name
+        raise ValueError(f"{path}: the input is empty (0 bytes); nothing to ingest")
     table = _read_table(path, fmt)
     for column, role in ((url_col, "url"), (caption_col, "caption")):
         if column not in table.columns:
@@ -89,33 +92,57 @@ def unsafe_member(name: str) -> bool:
 
 
 def read_webdataset(paths: list[Path]) -> pl.DataFrame:
-    """One row per sample (`key.jpg|png|webp...` + `key.txt`) in open_clip's tar layout."""
+    """One row per sample (`key.jpg|png|webp...` + `key.txt`) in open_clip's tar layout.
+
+    A key used by more than one sample (a tar grown with `tar -r`, two tars concatenated) still gives every sample
+    its row: a sample takes its key's first image and first caption, a second image or caption of the key opens
+    the key's next sample, and each sample after a key's first is rejected as `duplicate_key`. The first is the
+    one kept because `<shard>.tar#<member>` names are ambiguous and the fetcher reads a name's first occurrence.
+    """
     rows = []
     for shard in paths:
-        samples: dict[str, dict] = {}
         with tarfile.open(shard) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if unsafe_member(member.name):
-                    rows.append({"url": f"{shard}#{member.name}", "caption": None, "source_error": "unsafe_tar_member"})
-                    continue
-                key, _, ext = member.name.rpartition(".")
-                sample = samples.setdefault(key, {})
-                if f".{ext.lower()}" in IMAGE_SUFFIXES:
-                    sample["image"] = member.name
-                elif ext == "txt":
-                    try:
-                        sample["caption"] = tar.extractfile(member).read().decode("utf-8").strip()
-                    except UnicodeDecodeError:
-                        sample["caption_error"] = "caption_not_utf8"
-        for key, sample in samples.items():
+            samples = _group_samples(shard, tar, rows)
+        for key, sample, repeat in samples:
             if "image" not in sample:
-                rows.append({"url": f"{shard}#{key}", "caption": sample.get("caption"), "source_error": "no_image"})
+                error = "duplicate_key" if repeat else "no_image"
+                rows.append({"url": f"{shard}#{key}", "caption": sample.get("caption"), "source_error": error})
                 continue
             rows.append({"url": f"{shard}#{sample['image']}", "caption": sample.get("caption"),
-                         "source_error": sample.get("caption_error")})
+                         "source_error": "duplicate_key" if repeat else sample.get("caption_error")})
     return pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String})
+
+
+def _group_samples(shard: Path, tar: tarfile.TarFile, rows: list[dict]) -> list[tuple[str, dict, bool]]:
+    """A tar's samples in member order as (key, {image, caption, caption_error}, repeats an earlier key); unsafe
+    members go straight to `rows` with their reason."""
+    samples: list[tuple[str, dict, bool]] = []
+    by_key: dict[str, list[dict]] = {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        if unsafe_member(member.name):
+            rows.append({"url": f"{shard}#{member.name}", "caption": None, "source_error": "unsafe_tar_member"})
+            continue
+        key, _, ext = member.name.rpartition(".")
+        role = "image" if f".{ext.lower()}" in IMAGE_SUFFIXES else "caption" if ext == "txt" else None
+        same_key = by_key.setdefault(key, [])
+        if role is None:  # another file of a sample (json, cls, ...): it only makes its key known
+            sample = same_key[0] if same_key else None
+        else:  # the key's earliest sample still missing this role
+            sample = next((s for s in same_key if role not in s), None)
+        if sample is None:  # the key's first member, or a second image / caption of it: a sample of its own
+            sample = {}
+            same_key.append(sample)
+            samples.append((key, sample, len(same_key) > 1))
+        if role == "image":
+            sample["image"] = member.name
+        elif role == "caption":
+            try:
+                sample["caption"] = tar.extractfile(member).read().decode("utf-8").strip()
+            except UnicodeDecodeError:
+                sample["caption"], sample["caption_error"] = None, "caption_not_utf8"
+    return samples
 
 
 def read_coco(path: str | Path, image_root: str | Path | None = None) -> pl.DataFrame:
@@ -150,6 +177,13 @@ def read_source(path: str | Path, fmt: str = "auto", url_col: str = "url", capti
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
+    table = _read_any(path, fmt, url_col, caption_col, image_root)
+    if table.height == 0:  # caught here, before any output exists: empty shards would later pass as complete
+        raise ValueError(f"{path}: no rows to ingest (an empty {fmt} input)")
+    return table
+
+
+def _read_any(path: Path, fmt: str, url_col: str, caption_col: str, image_root: str | None) -> pl.DataFrame:
     if fmt in TABLE_FORMATS:
         return read_url_list(path, fmt, url_col, caption_col)
     if fmt == "folder":

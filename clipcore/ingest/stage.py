@@ -2,8 +2,10 @@
 per shard and `_stats.json`.
 
 Every input row gets exactly one manifest row: `status` is `success` (the sample is in the shard's tar) or a
-failure status with an `error` reason; nothing is dropped silently. Shards are written atomically (tar,
-then manifest), so a rerun skips complete shards and redoes partial ones.
+failure status with an `error` reason; nothing is dropped silently, and no fault of one row (even an unexpected
+exception) reaches the others. Shards are written atomically (tar, then manifest). Each manifest carries a
+fingerprint of its input slice and of the settings that shape its content, so a rerun skips a shard only when
+it is complete and was made from the same rows the same way; any other shard is redone, never reused.
 """
 
 from __future__ import annotations
@@ -35,26 +37,39 @@ MANIFEST_SCHEMA = {
     "shard": pl.String, "status": pl.String, "error": pl.String,
 }
 STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
+STATUS_PROCESS = "failed_to_process"  # an unexpected error on this row; the reason is the exception's class
+SHARD_SUFFIXES = ("tar", "parquet", "tar.tmp", "parquet.tmp")  # a shard's files, finished or in the making
+FINGERPRINT_KEY = "clipcore.ingest.fingerprint"
+"""Key of the shard fingerprint in each manifest's parquet key-value metadata."""
+FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "max_pixels", "max_caption_chars", "max_bytes",
+                      "max_redirects")
+"""IngestConfig fields that change a shard's content (beyond its rows); speed and patience settings
+(processes, threads, timeouts, retries) do not, so changing them reuses finished shards."""
 _progress = None  # a shared counter, set in each worker process
 
 
 def prepare_rows(table: pl.DataFrame, config: IngestConfig, dedupe_urls: bool = True) -> pl.DataFrame:
     """Add `uid` and the reasons decidable without fetching: source errors, missing, huge captions, repeat URLs.
 
+    A row is a `duplicate_url` only when an earlier *valid* row (no other reason) has its URL: an invalid row
+    (say, a caption too long) never costs a valid row sharing its URL its place.
     `dedupe_urls=False` for COCO, where several captions of one image share its URL by design.
     """
-    first_url = pl.col("url").is_first_distinct() | pl.col("url").is_null() | pl.lit(not dedupe_urls)
-    reason = (
+    invalid = (
         pl.when(pl.col("source_error").is_not_null()).then(pl.col("source_error"))
         .when(pl.col("caption").is_null()).then(pl.lit("caption_missing"))
         .when(pl.col("caption").str.len_chars() > config.max_caption_chars).then(pl.lit("caption_too_long"))
-        .when(~first_url).then(pl.lit("duplicate_url"))
         .otherwise(pl.lit(None, pl.String))
     )
     width = max(9, len(str(table.height)))
+    table = table.with_columns(uid=pl.int_range(pl.len()).cast(pl.String).str.zfill(width), source_error=invalid)
+    if not dedupe_urls:
+        return table
+    # the first valid row of each URL is kept; rank among valid rows only (invalid rows' URLs count as null)
+    valid_url = pl.when(pl.col("source_error").is_null()).then(pl.col("url"))
+    repeat = valid_url.is_not_null() & ~valid_url.is_first_distinct()
     return table.with_columns(
-        uid=pl.int_range(pl.len()).cast(pl.String).str.zfill(width), source_error=reason
-    )
+        source_error=pl.when(repeat).then(pl.lit("duplicate_url")).otherwise(pl.col("source_error")))
 
 
 def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, int, int]:
@@ -97,7 +112,18 @@ class ShardWriter:
 
 
 def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
-    """One row -> (manifest fields, (encoded bytes, extension) when it succeeded)."""
+    """One row -> (manifest fields, (encoded bytes, extension) when it succeeded). Never raises.
+
+    An unexpected exception (a decoder or encoder bug, a filesystem error no reason foresaw) becomes the row's
+    status `failed_to_process` with the exception's class as reason; the shard's other rows go on.
+    """
+    try:
+        return _process_row(row, fetcher, config)
+    except Exception as err:  # the row is the unit of failure: one bad row must never cost the shard its manifest
+        return {"status": STATUS_PROCESS, "error": type(err).__name__}, None
+
+
+def _process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
     out = {"status": STATUS_INPUT, "error": row["source_error"]}
     if row["source_error"] is None:
         try:
@@ -122,11 +148,15 @@ def _init_worker(counter) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestConfig, local_root: str | None) -> dict:
-    """Fetch, validate and write one shard: `NNNNN.tar` then `NNNNN.parquet` (both atomically)."""
+def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestConfig, local_root: str | None,
+                fingerprint: str = "") -> dict:
+    """Fetch, validate and write one shard: `NNNNN.tar` then `NNNNN.parquet` (both atomically), the manifest
+    carrying `fingerprint` (see `shard_fingerprint`)."""
     out = Path(output_dir)
     fetcher = Fetcher(config, Path(local_root) if local_root else None)
     name = shard_name(index)
+    # the old manifest goes first: a crash below must not leave it beside a new tar, looking complete
+    (out / f"{name}.parquet").unlink(missing_ok=True)
     records = []
     tmp_tar = out / f"{name}.tar.tmp"
     with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool, ShardWriter(tmp_tar) as writer:
@@ -146,26 +176,63 @@ def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestCon
     tmp_tar.rename(out / f"{name}.tar")
     records = [{**dict.fromkeys(MANIFEST_SCHEMA), **r} for r in records]  # known columns first, extras after
     manifest = pl.DataFrame(records, schema_overrides=MANIFEST_SCHEMA, infer_schema_length=None)
-    manifest.write_parquet(out / f"{name}.parquet.tmp")
+    manifest.write_parquet(out / f"{name}.parquet.tmp", metadata={FINGERPRINT_KEY: fingerprint})
     (out / f"{name}.parquet.tmp").rename(out / f"{name}.parquet")
     return {"shard": index, "rows": len(records)}
 
 
-def shard_is_complete(output_dir: Path, index: int) -> bool:
+def shard_fingerprint(rows: pl.DataFrame, config: IngestConfig, local_root: str | None) -> str:
+    """sha256 of a shard's input rows (every column, uid included) and of the settings that shape its content.
+
+    The rows are hashed as Arrow IPC in its oldest layout (plain offsets, one chunk), which depends only on the
+    values, not on how the table was read or sliced.
+    """
+    digest = hashlib.sha256()
+    settings = {f: getattr(config, f) for f in FINGERPRINT_FIELDS} | {"local_root": local_root}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    ipc = rows.rechunk().write_ipc(None, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
+    digest.update(ipc.getvalue())
+    return digest.hexdigest()
+
+
+def shard_is_complete(output_dir: Path, index: int, fingerprint: str) -> bool:
+    """Both files of shard `index` exist and its manifest was written from the input slice `fingerprint` names."""
     name = shard_name(index)
-    return (output_dir / f"{name}.parquet").exists() and (output_dir / f"{name}.tar").exists()
+    manifest, tar = output_dir / f"{name}.parquet", output_dir / f"{name}.tar"
+    if not (manifest.exists() and tar.exists()):
+        return False
+    return pl.read_parquet_metadata(manifest).get(FINGERPRINT_KEY) == fingerprint
+
+
+def remove_stale_shards(output_dir: Path, count: int) -> list[str]:
+    """Delete the files of shards numbered `count` and above (left by a longer earlier input); returns their names.
+
+    They lie beyond the current input, so no run of it (whole or one partition) may read them as its own.
+    """
+    removed = []
+    for path in sorted(output_dir.glob("[0-9]*")):
+        index, _, suffix = path.name.partition(".")
+        if index.isdigit() and int(index) >= count and suffix in SHARD_SUFFIXES:
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
            shard_range: tuple[int, int] | None = None) -> dict:
     """Ingest `config.input` into `output_dir`; returns the stats also written to `_stats.json`.
 
+    Shards whose manifest fingerprint matches their input slice and settings are kept; every other shard in range
+    is (re)written, and shards numbered past the input's shard count are deleted.
+
     Args:
         shard_range: only shards `first..last` (inclusive), e.g. one Dagster partition; None does all.
+
+    Raises:
+        ValueError: the input has no rows (nothing is written then, not even `output_dir`).
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    table = read_input(config)
+    table = read_input(config)  # before any file is written: an unreadable or empty input leaves no trace
     fmt = detect_format(config.input) if config.input_format == "auto" else config.input_format
     rows = prepare_rows(table, config, dedupe_urls=fmt != "coco")
     # local files are fetched only from folders, tar shards, COCO, or tables that declare local paths
@@ -174,17 +241,21 @@ def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
     local_root = str(data_root.resolve()) if allow_local else None
     count = shard_count(rows.height, config.shard_size)
     first, last = shard_range if shard_range else (0, count - 1)
-    todo = [i for i in range(first, min(last, count - 1) + 1) if not shard_is_complete(output_dir, i)]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_shards(output_dir, count)
+    slices = {i: rows.slice(i * config.shard_size, config.shard_size) for i in range(first, min(last, count - 1) + 1)}
+    prints = {i: shard_fingerprint(part, config, local_root) for i, part in slices.items()}
+    todo = [i for i in slices if not shard_is_complete(output_dir, i, prints[i])]
     spawn = multiprocessing.get_context("spawn")
     counter = spawn.Value("l", 0)
-    total = sum(min(config.shard_size, rows.height - i * config.shard_size) for i in todo)
+    total = sum(slices[i].height for i in todo)
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"ingest ({len(todo)} shards)", unit="img", disable=not progress)
     with ProcessPoolExecutor(max_workers=max(1, min(config.processes, len(todo) or 1)),
                              mp_context=spawn, initializer=_init_worker,
                              initargs=(counter,)) as pool:
-        futures = [pool.submit(write_shard, i, rows.slice(i * config.shard_size, config.shard_size).to_dicts(),
-                               str(output_dir), config, local_root) for i in todo]
+        futures = [pool.submit(write_shard, i, slices[i].to_dicts(), str(output_dir), config, local_root, prints[i])
+                   for i in todo]
         while not all(f.done() for f in futures):
             time.sleep(0.25)
             bar.update(counter.value - bar.n)
