@@ -136,8 +136,10 @@ def standalone_filter(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """Pretrain on a filter stage's output, outside Dagster; `torchrun --nproc-per-node N $(which clip-pipeline)
-    train ...` trains data-parallel on N processes (gloo on CPU, NCCL on GPUs)."""
+    """Pretrain on a filter stage's output, outside Dagster; `python -m pipelines.loopback_torchrun --nnodes=1
+    --rdzv-backend=loopback --nproc-per-node N $(which clip-pipeline) train ...` trains data-parallel on N processes
+    of this machine (gloo on CPU, NCCL on GPUs), listening on 127.0.0.1 only; plain torchrun works too, but its stores
+    listen on every interface."""
     config = load_config(args)  # before torch is imported: a bad param fails at once
     import polars as pl
 

@@ -37,11 +37,14 @@ def train_in_process(kept_path: str, shard_root: str, out: Path, cfg: PipelineCo
 
 def torchrun_command(params_path: str, overrides: list[str], kept_path: str, shard_root: str, out: Path,
                      nproc_per_node: int, nnodes: int, resume: bool, mlflow_run_id: str) -> list[str]:
-    """The torchrun command line of pipelines.pipes_train (single node: a local rendezvous)."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
-               f"--nnodes={nnodes}"]
+    """The torchrun command line of pipelines.pipes_train. A single node runs pipelines.loopback_torchrun: torchrun
+    whose store and workers' sockets listen on 127.0.0.1 only (stock `--standalone` listens on every interface)."""
     if nnodes == 1:
-        command.append("--standalone")
+        command = [sys.executable, "-m", "pipelines.loopback_torchrun", f"--nproc-per-node={nproc_per_node}",
+                   "--nnodes=1", "--rdzv-backend=loopback", "--rdzv-endpoint=127.0.0.1:0"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
+                   f"--nnodes={nnodes}"]
     command += ["-m", "pipelines.pipes_train", "--params", params_path, "--kept", kept_path, "--shards", shard_root,
                 "--output-dir", str(out)]
     for item in overrides:
