@@ -31,18 +31,27 @@ def unregistered(instance: DagsterInstance, keys: list[str]) -> list[str]:
 
 
 def register_shards(instance: DagsterInstance, config: IngestConfig) -> list[str]:
-    """Add the input's missing shard partitions to `instance`; returns all of the input's keys."""
+    """Make `instance`'s shard partitions the input's: add the missing ones, delete those past its end (left by a
+    longer earlier input: their shards are gone); returns all of the input's keys."""
     keys = shard_keys(config)
     missing = unregistered(instance, keys)
     if missing:
         instance.add_dynamic_partitions(ingest_shards.name, missing)
+    for stale in set(instance.get_dynamic_partitions(ingest_shards.name)) - set(keys):
+        instance.delete_dynamic_partition(ingest_shards.name, stale)
     return keys
 
 
 @sensor(minimum_interval_seconds=60, description="Registers a partition per shard of ingest.input (params.yaml).")
 def ingest_shard_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
-    keys = shard_keys(pipeline.load_config("ingest").ingest)
+    try:
+        keys = shard_keys(pipeline.load_config("ingest").ingest)
+    except (ValueError, OSError) as err:  # an empty or missing input: nothing to register until it is fixed
+        return SkipReason(f"ingest.input cannot be read: {err}")
     new = unregistered(context.instance, keys)
-    if not new:
+    stale = sorted(set(context.instance.get_dynamic_partitions(ingest_shards.name)) - set(keys))
+    if not new and not stale:
         return SkipReason(f"all {len(keys)} shard partitions are registered")
-    return SensorResult(dynamic_partitions_requests=[ingest_shards.build_add_request(new)])
+    requests = [ingest_shards.build_add_request(new)] if new else []
+    requests += [ingest_shards.build_delete_request(stale)] if stale else []
+    return SensorResult(dynamic_partitions_requests=requests)

@@ -34,6 +34,10 @@ def caption_shards(context: AssetExecutionContext, config: StageConfig,
     out = pipeline.stage_dir("caption_shards")
     shards = sorted(int(k) for k in context.partition_keys)
     stats = ingest(cfg.ingest, out, shard_range=(shards[0], shards[-1]))
+    if shards[0] >= stats["shards"]:
+        raise ValueError(f"partitions {context.partition_keys[0]}..{context.partition_keys[-1]} are past the end of "
+                         f"ingest.input ({stats['shards']} shards): the input shrank; its partitions are registered "
+                         "again by the next `clip-pipeline ingest` or the shard sensor")
     manifest = pl.read_parquet(out / f"{shard_name(shards[0])}.parquet")  # a preview needs one shard, not all
     value = CaptionShards(dir=str(out), rows=stats["rows"], success=stats["success"], failed=stats["failed"],
                           shards=stats["shards"], input=cfg.ingest.input, overrides=list(config.overrides))

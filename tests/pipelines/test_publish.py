@@ -28,9 +28,9 @@ def test_a_second_writer_of_a_stage_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        with pytest.raises(StageBusyError, match=rf"`report` is being written by another run \(pid {holder.pid} "):
-            with stage_writer(tmp_path, "report"):
-                pass
+        busy = rf"`report` is being written by another run \(pid {holder.pid} "
+        with pytest.raises(StageBusyError, match=busy), stage_writer(tmp_path, "report"):
+            pass
         with stage_writer(tmp_path, "evaluation"):  # another stage is not held
             pass
     finally:
