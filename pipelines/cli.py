@@ -28,6 +28,7 @@ INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's name
     "threads": ("threads", int, "download threads per process"),
     "max_side": ("max_side", int, "downscale images whose longer side exceeds this, keeping the aspect ratio"),
     "timeout": ("timeout", float, "seconds per connect and per read"),
+    "total_timeout": ("total_timeout", float, "seconds one image may take in all (retries, redirects, body)"),
     "retries": ("retries", int, "retries with backoff on 5xx, timeouts and reset connections (never on 4xx)"),
 }
 
@@ -77,16 +78,39 @@ def _dagster_home() -> None:
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
 
+class _WithoutStackTraces:
+    """stderr, less the stack traces Dagster's console log appends to a failed step's message (the command ends with
+    the error's one line; --debug keeps them). One log record arrives in one write."""
+
+    MARK = "\n\nStack Trace:"
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if self.MARK in text:
+            text = text.split(self.MARK, 1)[0] + "\n"
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def materialize_assets(asset_names: list[str], params: str, overrides: list[str],
-                       asset_config: dict[str, dict] | None = None) -> None:
+                       asset_config: dict[str, dict] | None = None, debug: bool = False) -> None:
     """Materialize the named assets (and their checks) into the persistent Dagster instance."""
     _dagster_home()
     from dagster import DagsterInstance
 
     from pipelines.launch import build_resources, materialize_stages
 
-    results = materialize_stages(asset_names, build_resources(params_path=params), DagsterInstance.get(), overrides,
-                                 asset_config=asset_config)
+    stderr = sys.stderr
+    sys.stderr = stderr if debug else _WithoutStackTraces(stderr)  # Dagster's console handler takes it at run start
+    try:
+        results = materialize_stages(asset_names, build_resources(params_path=params), DagsterInstance.get(),
+                                     overrides, asset_config=asset_config)
+    finally:
+        sys.stderr = stderr
     for result in results:
         for check in result.get_asset_check_evaluations():
             if not check.passed:
@@ -292,10 +316,10 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command in BY_NAME:
         load_config(args)  # a bad params file or override fails here, before Dagster and the stage's libraries load
         resume = {"clip_model": {"resume": True}} if getattr(args, "resume", False) else None
-        materialize_assets([BY_NAME[args.command].asset], args.params, args.overrides, resume)
+        materialize_assets([BY_NAME[args.command].asset], args.params, args.overrides, resume, args.debug)
     elif args.command == "run":
         load_config(args)
-        materialize_assets([s.asset for s in STAGES], args.params, args.overrides)
+        materialize_assets([s.asset for s in STAGES], args.params, args.overrides, debug=args.debug)
     elif args.command == "train":
         train(args)
     elif args.command == "predict":
