@@ -145,7 +145,10 @@ class ClipScoreConfig:
     top_fraction: float = bounded(0.9, gt=0, le=1)
     """Keep this best-scoring fraction when `threshold` is None."""
     batch_size: int = bounded(512, ge=1)
-    """Pairs per forward pass."""
+    """Pairs per forward pass; the shards are read one batch of images at a time."""
+    device: str = bounded("auto", one_of=("auto", "cpu", "cuda"))
+    """Where a local Hugging Face CLIP scores: `auto` (CUDA if present, bf16 autocast), `cpu` or `cuda`. A registered
+    model of this project scores where its pyfunc loads it."""
 
 
 @dataclass
@@ -249,7 +252,10 @@ class TrainConfig:
     """Optimization of the pretrain stage."""
 
     epochs: float = bounded(3.0, gt=0)
-    """Passes over the training rows (fractions allowed)."""
+    """Passes over the training rows (fractions allowed): `epochs` x training rows samples seen, unless
+    `samples_seen` is set."""
+    samples_seen: int | None = bounded(None, ge=1)
+    """Train on this many samples in all (DataComp's scales: small 12.8M, medium 128M), whatever the data's size."""
     batch_size: int = bounded(256, ge=1)
     """Pairs per step."""
     lr: float = bounded(2e-3, gt=0)
@@ -286,8 +292,22 @@ class TrainConfig:
     channels_last: bool = False
     """Store convolution weights and images channels-last (faster convolutions on CUDA, e.g. a ResNet tower)."""
     workers: int = bounded(0, ge=0)
-    """Data loader worker processes that assemble and normalize batches while the model computes; 0: in this process.
-    Batches are pinned in page-locked memory on CUDA."""
+    """Data loader worker processes that read, decode, augment and tokenize batches while the model computes; 0: in
+    this process. Batches are pinned in page-locked memory on CUDA."""
+    data_streams: int | None = bounded(None, ge=1)
+    """Data streams per process, each reading its own shards (clipcore.data.stream); a multiple of `workers`. None:
+    one per worker. The batches depend on it, not on `workers`: 2 streams give the same run with 0, 1 or 2 workers."""
+    shuffle_shards: int = bounded(4, ge=1)
+    """Shards (or shard parts) whose samples a stream shuffles together; the shard order is shuffled every epoch."""
+    augment_scale: tuple[float, float] | None = bounded((0.9, 1.0), gt=0, le=1)
+    """Random resized crop's range of the image area kept (open_clip's default); None: resize and center crop."""
+    resampled: bool = False
+    """Draw shards with replacement, weighted per source (open_clip's `--dataset-resampled`), instead of epochs."""
+    sources: tuple[str, ...] = ()
+    """More webdataset shards to train on besides the kept rows: `<tar glob or folder>[::<weight>]` each, e.g.
+    `/data/cc3m/{00000..00331}.tar::2` (brace ranges and globs; every sample with an image and a `txt`)."""
+    kept_weight: float = bounded(1.0, gt=0)
+    """Resampled mode: the kept rows' weight beside `sources`' (per shard, as open_clip's upsampling factors)."""
 
 
 @dataclass
@@ -313,7 +333,9 @@ class EvalConfig:
     probe_size: int = bounded(10_000, ge=0)
     """First N probe images used to fit the linear probe; 0 skips the probe."""
     batch_size: int = bounded(1_000, ge=1)
-    """Images per forward pass."""
+    """Images per forward pass; test and probe sets are decoded one batch at a time."""
+    device: str = bounded("auto", one_of=("auto", "cpu", "cuda"))
+    """`auto` (CUDA if present), `cpu` or `cuda`; CUDA evaluates under bf16 autocast."""
     num_examples: int = bounded(6, ge=0)
     """Retrieval examples shown in the report."""
 

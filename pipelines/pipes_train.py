@@ -14,7 +14,6 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-import polars as pl
 from dagster_pipes import open_dagster_pipes
 
 from clipcore.config import load_params
@@ -41,7 +40,7 @@ def main() -> None:
             pipes.log.info("step {step}: loss {loss:.4f}, T {temperature:.4f}".format(**record))
             pipes.report_custom_message({"step": int(record["step"]), **{k: record[k] for k in METRICS}})
 
-        out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config,
+        out = run_pretraining(args.kept, args.shards, args.output_dir, config,
                               on_log=on_log if pipes else None, progress=False, resume=args.resume,
                               extra_state={"mlflow_run_id": args.mlflow_run_id})
         if pipes:

@@ -51,3 +51,22 @@ def barrier() -> None:
     """Wait for every process (no-op without a process group)."""
     if is_distributed():
         dist.barrier()
+
+
+def all_gather_tensor(value: torch.Tensor) -> torch.Tensor:
+    """Every process's `value` stacked as (world, *value.shape) (without a process group: (1, *value.shape))."""
+    if not is_distributed():
+        return value[None]
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else value.device  # NCCL moves CUDA tensors only
+    gathered = [torch.empty_like(value, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, value.to(device))
+    return torch.stack(gathered).cpu()
+
+
+def all_reduce_sum(value: int) -> int:
+    """An integer summed over every process."""
+    if not is_distributed():
+        return value
+    total = torch.tensor(value, dtype=torch.long, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(total)
+    return int(total)

@@ -18,10 +18,14 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from clipcore.config import LossConfig, TrainConfig
+from clipcore.data.images import normalize_uint8
+from clipcore.data.stream import StreamSpec
 from clipcore.model.clip_model import ClipModel
 from clipcore.model.margins import margin_diagnostics
-from clipcore.train.batches import Batch, RowBatches, step_batches
+from clipcore.train.batches import Batch, step_batches
 from clipcore.train.distributed import (
+    all_gather_tensor,
+    all_reduce_sum,
     gather_with_grad,
     init_from_env,
     is_distributed,
@@ -45,6 +49,7 @@ class TrainResult:
     flops_per_sample: float = 0.0  # forward + backward, counted on the first step
     peak_memory_bytes: int = 0  # this process: CUDA max allocated, or CPU peak resident set
     peak_tflops: float | None = None
+    skipped_samples: int = 0  # undecodable samples skipped by this process's streams (resumed runs included)
 
     @property
     def samples_per_second(self) -> float:
@@ -164,15 +169,16 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
-def save_training_state(path: str | Path, next_step: int, order: torch.Tensor, model: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer, scheduler, generator: torch.Generator,
-                        result: TrainResult, extra: dict) -> None:
+def save_training_state(path: str | Path, next_step: int, streams: torch.Tensor, skipped: int,
+                        model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, result: TrainResult,
+                        extra: dict) -> None:
     """Everything a resumed run needs, written to a temporary file and renamed (a crash never leaves half a file).
-    Plain tensors and containers only, so it loads with `torch.load(weights_only=True)`."""
+    Plain tensors and containers only, so it loads with `torch.load(weights_only=True)`. The data position is every
+    stream's (group, offset): `streams` is (processes, streams per process, 2), whatever the dataset's size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"next_step": next_step, "order": order, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+    state = {"next_step": next_step, "streams": streams, "skipped": skipped, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "torch_rng": torch.get_rng_state(), "history": result.history, "extra": extra}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -180,17 +186,21 @@ def save_training_state(path: str | Path, next_step: int, order: torch.Tensor, m
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                        generator: torch.Generator, result: TrainResult) -> tuple[int, torch.Tensor]:
-    """Restore what `save_training_state` wrote; returns (the step to run next, the epoch's row order)."""
+                        result: TrainResult, rank: int, world: int, streams: int) -> tuple[int, list[tuple[int, int]]]:
+    """Restore what `save_training_state` wrote; returns (the step to run next, this process's stream positions)."""
     state = torch.load(path, weights_only=True)
+    saved = state["streams"]  # (W, L, 2)
+    if tuple(saved.shape[:2]) != (world, streams):
+        raise ValueError(f"{path} was saved by {saved.shape[0]} processes x {saved.shape[1]} data streams; resume with "
+                         f"the same (now {world} x {streams})")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     result.history = list(state["history"])
     result.extra_state = dict(state["extra"])
-    return int(state["next_step"]), state["order"]
+    result.skipped_samples = int(state["skipped"])
+    return int(state["next_step"]), [tuple(p) for p in saved[rank].tolist()]
 
 
 @dataclass
@@ -207,23 +217,23 @@ class TrainingSetup:
     autocast: torch.autocast | nullcontext
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    generator: torch.Generator  # draws each epoch's row order; saved in checkpoints
     result: TrainResult
     rank: int
     world: int
     local: int  # this process's share of the global batch
-    steps_per_epoch: int
+    samples_per_epoch: int  # for the `epoch` of the log records
     total: int  # steps of the whole run, resumed or not
     first_step: int  # 0, or the step a resumed run continues from
-    order: torch.Tensor  # the resumed epoch's row order (empty when starting fresh)
+    positions: list[tuple[int, int]]  # this process's streams' (group, offset), updated by every batch
     state_path: str | Path | None
     extra_state: dict
 
     def to_device(self, batch: Batch) -> Batch:
-        """The batch's pixels and ids on the training device, pixels in the configured memory format."""
-        pixels = batch.pixels.to(self.device, non_blocking=True, memory_format=self.memory_format)  # (B, C, H, W)
+        """The batch's pixels (normalized there: uint8 crosses to the GPU, a quarter of float32) and ids on the
+        training device, pixels in the configured memory format."""
+        pixels = normalize_uint8(batch.pixels.to(self.device, non_blocking=True))  # (B, C, H, W) float
         ids = batch.ids.to(self.device, non_blocking=True)  # (B, L)
-        return replace(batch, pixels=pixels, ids=ids)
+        return replace(batch, pixels=pixels.contiguous(memory_format=self.memory_format), ids=ids)
 
 
 def prepare_model(model: ClipModel, train: TrainConfig, loss: LossConfig,
@@ -244,13 +254,19 @@ def prepare_model(model: ClipModel, train: TrainConfig, loss: LossConfig,
     return eager, forward, memory_format
 
 
-def setup_training(model: ClipModel, train: TrainConfig, loss: LossConfig, n_rows: int,
+def training_steps(train: TrainConfig, samples_per_epoch: int) -> int:
+    """Steps of a run: `train.samples_seen` (else `epochs` x `samples_per_epoch`) samples, full batches only."""
+    samples = train.samples_seen if train.samples_seen is not None else round(train.epochs * samples_per_epoch)
+    return max(1, samples // train.batch_size)
+
+
+def setup_training(model: ClipModel, train: TrainConfig, loss: LossConfig, samples_per_epoch: int,
                    state_path: str | Path | None = None, resume: bool = False,
                    extra_state: dict | None = None) -> TrainingSetup:
-    """Check the batch sizes against `n_rows` rows and the processes, seed, place the model, build the optimizer,
-    schedule and row-order generator, and with `resume` restore them from `state_path`."""
-    if n_rows < train.batch_size:
-        raise ValueError(f"{n_rows} training rows < batch_size={train.batch_size}")
+    """Check the batch sizes against the processes, seed, place the model, build the optimizer and schedule, and with
+    `resume` restore them and the streams' positions from `state_path`."""
+    if samples_per_epoch < train.batch_size:
+        raise ValueError(f"{samples_per_epoch} training rows < batch_size={train.batch_size}")
     device = resolve_device(train.device)
     init_from_env(device)
     rank, world = rank_and_world()
@@ -259,27 +275,31 @@ def setup_training(model: ClipModel, train: TrainConfig, loss: LossConfig, n_row
     local = train.batch_size // world  # each process's share of the global batch
     if local % train.accum_steps:
         raise ValueError(f"the per-process batch {local} is not divisible by accum_steps={train.accum_steps}")
-    torch.manual_seed(train.seed)  # the global RNG too, not only the row order, follows the seed
+    torch.manual_seed(train.seed)  # the global RNG too follows the seed
     eager, forward, memory_format = prepare_model(model, train, loss, device)
-    steps_per_epoch = n_rows // train.batch_size  # drop_last: every step sees a full batch
-    total = max(1, round(train.epochs * steps_per_epoch))
+    total = training_steps(train, samples_per_epoch)
     optimizer = build_optimizer(model, train, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, total))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    generator = torch.Generator().manual_seed(train.seed)  # same order on every process
     result = TrainResult(device=str(device))
-    order = torch.empty(0, dtype=torch.long)
-    first_step = 0
+    streams = data_streams(train)
+    positions, first_step = [(0, 0)] * streams, 0
     if resume:
         if state_path is None or not Path(state_path).exists():
             raise FileNotFoundError(f"cannot resume: no training state at {state_path}")
-        first_step, order = load_training_state(state_path, model, optimizer, scheduler, generator, result)
+        first_step, positions = load_training_state(state_path, model, optimizer, scheduler, result, rank, world,
+                                                    streams)
     return TrainingSetup(
         model=model, eager=eager, forward=forward, train=train, loss=loss, device=device, memory_format=memory_format,
-        autocast=autocast, optimizer=optimizer, scheduler=scheduler, generator=generator, result=result, rank=rank,
-        world=world, local=local, steps_per_epoch=steps_per_epoch, total=total, first_step=first_step, order=order,
+        autocast=autocast, optimizer=optimizer, scheduler=scheduler, result=result, rank=rank, world=world,
+        local=local, samples_per_epoch=samples_per_epoch, total=total, first_step=first_step, positions=positions,
         state_path=state_path, extra_state=extra_state or {},
     )
+
+
+def data_streams(train: TrainConfig) -> int:
+    """Logical data streams per process: `train.data_streams`, else one per DataLoader worker (at least one)."""
+    return train.data_streams or max(1, train.workers)
 
 
 def log_step(run: TrainingSetup, step: int, value: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -287,7 +307,7 @@ def log_step(run: TrainingSetup, step: int, value: torch.Tensor, image_emb: torc
     """Append this step's record to the history, show it on the bar and hand it to `on_log` (rank 0 only)."""
     scale = run.model.scale().item()
     record = {
-        "step": step, "epoch": step / run.steps_per_epoch, "loss": mean_over_processes(value),
+        "step": step, "epoch": step * run.train.batch_size / run.samples_per_epoch, "loss": mean_over_processes(value),
         "lr": lr, "logit_scale": scale, "temperature": 1 / scale,
         **margin_diagnostics(image_emb, text_emb),
     }
@@ -304,6 +324,8 @@ def train_step(run: TrainingSetup, batch: Batch, bar: tqdm,
     train, step = run.train, batch.step
     # the first step runs eagerly and counts its FLOPs (forward + backward) for the throughput and MFU estimates
     counting = step == run.first_step
+    run.positions[batch.stream] = batch.position
+    run.result.skipped_samples += batch.skipped
     run.optimizer.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) if counting else nullcontext() as counter:
         value, image_emb, text_emb = backward_step(run.eager if counting else run.forward, run.model, batch.pixels,
@@ -317,15 +339,18 @@ def train_step(run: TrainingSetup, batch: Batch, bar: tqdm,
     if step % train.log_every == 0 or step == run.total - 1:
         log_step(run, step, value, image_emb, text_emb, lr, bar, on_log)
     # after the log record, so the saved history includes it
-    if run.state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and run.rank == 0:
-        save_training_state(run.state_path, step + 1, batch.order, run.model, run.optimizer, run.scheduler,
-                            run.generator, run.result, run.extra_state)
+    if run.state_path and train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
+        streams = all_gather_tensor(torch.tensor(run.positions, dtype=torch.long))  # (W, L, 2), every process
+        skipped = all_reduce_sum(run.result.skipped_samples)
+        if run.rank == 0:
+            save_training_state(run.state_path, step + 1, streams, skipped, run.model, run.optimizer, run.scheduler,
+                                run.result, run.extra_state)
 
 
 def train_clip(
     model: ClipModel,
-    images: torch.Tensor,  # (N, H, W) uint8
-    tokens: torch.Tensor,  # (N, L) int64
+    data: StreamSpec,
+    samples_per_epoch: int,
     train: TrainConfig,
     loss: LossConfig,
     on_log: Callable[[dict[str, float]], None] | None = None,
@@ -334,8 +359,9 @@ def train_clip(
     resume: bool = False,
     extra_state: dict | None = None,
 ) -> TrainResult:
-    """Train `model` in place on aligned (image, caption) rows with the configured objective.
+    """Train `model` in place on the (image, caption) pairs `data` streams, with the configured objective.
 
+    `samples_per_epoch` (the training rows) turns `train.epochs` into steps unless `train.samples_seen` is set.
     `on_log` receives {step, epoch, loss, lr, temperature, logit_scale, diagnostics} every `train.log_every` steps
     (and on the last step); the same records are returned in `TrainResult.history`.
 
@@ -343,14 +369,14 @@ def train_clip(
     that many steps; `resume=True` continues from it, giving on the CPU bitwise the weights of an uninterrupted
     run. `extra_state` (e.g. the MLflow run id) is stored beside it and comes back in `TrainResult.extra_state`.
     """
-    if len(images) != len(tokens):
-        raise ValueError(f"{len(images)} images but {len(tokens)} captions")
-    run = setup_training(model, train, loss, len(images), state_path, resume, extra_state)
+    run = setup_training(model, train, loss, samples_per_epoch, state_path, resume, extra_state)
+    if data.streams != data_streams(train):
+        raise ValueError(f"the stream spec has {data.streams} streams, train.data_streams gives {data_streams(train)}")
     start = time.perf_counter()
     bar = tqdm(total=run.total, initial=run.first_step, unit="step",
                desc=f"pretrain ({loss.name}, {run.device.type} x{run.world})", disable=not progress or run.rank > 0)
-    batches = step_batches(RowBatches(images, tokens), run.generator, run.order, run.first_step, run.total,
-                           train.batch_size, run.rank, run.world, train.workers, pin_memory=run.device.type == "cuda")
+    batches = step_batches(data.with_pieces(run.world), run.first_step, run.total, train.batch_size, run.rank,
+                           run.world, run.positions, train.workers, pin_memory=run.device.type == "cuda")
     fetch = time.perf_counter()
     for batch in batches:
         batch = run.to_device(batch)

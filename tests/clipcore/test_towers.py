@@ -12,6 +12,7 @@ from clipcore.config import LossConfig, ModelConfig, TrainConfig, load_params
 from clipcore.model.clip_model import build_model, load_checkpoint, save_checkpoint
 from clipcore.model.tokenizer import tokenize, train_tokenizer
 from clipcore.model.towers import load_pretrained_tokenizer, minilm_path
+from tests.clipcore.pairs import toy_stream
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = dict(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=16, vocab_size=300)
@@ -50,22 +51,23 @@ def test_minilm_pooling_equals_sentence_transformers():
                                reference.encode(CAPTIONS, convert_to_tensor=True), atol=1e-5, rtol=0)
 
 
-def train_toy(model, tokenizer, steps: int = 2, lr: float = 1e-3):
+def train_toy(model, tokenizer, root, steps: int = 2, lr: float = 1e-3):
     from clipcore.train.loop import train_clip
 
     images, captions, _ = toy_task(8 * steps)
     config = TrainConfig(epochs=1, batch_size=8, lr=lr, warmup_steps=1, log_every=1, device="cpu")
-    return train_clip(model, images, tokenize(tokenizer, captions), config, LossConfig(), progress=False)
+    stream = toy_stream(root, images, captions, tokenizer, context_length=model.config.context_length)
+    return train_clip(model, stream, len(captions), config, LossConfig(), progress=False)
 
 
 @pytest.mark.parametrize("lock", [True, False])
-def test_lock_text_freezes_only_the_pretrained_encoder(lock):
+def test_lock_text_freezes_only_the_pretrained_encoder(lock, tmp_path):
     torch.manual_seed(0)
     model, tokenizer = tiny_model(text_tower="minilm", lock_text=lock)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert model.text_tower.encoder.training is not lock  # LiT: no dropout in the locked tower
-    train_toy(model, tokenizer)
+    train_toy(model, tokenizer, tmp_path)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     encoder = {k for k in before if k.startswith("text_tower.encoder.")}
@@ -78,7 +80,7 @@ def test_lock_text_freezes_only_the_pretrained_encoder(lock):
         assert len(changed & encoder) > len(encoder) // 2
 
 
-def test_resnet_image_tower_embeds_and_learns():
+def test_resnet_image_tower_embeds_and_learns(tmp_path):
     from clipcore.train.loop import train_clip
 
     torch.manual_seed(0)
@@ -91,7 +93,8 @@ def test_resnet_image_tower_embeds_and_learns():
     assert model.image_tower.model.conv1.in_channels == 1
     images, captions, labels = toy_task(64)
     config = TrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup_steps=2, log_every=1, device="cpu")
-    result = train_clip(model, images, tokenize(tokenizer, captions), config, LossConfig(), progress=False)
+    stream = toy_stream(tmp_path, images, captions, tokenizer, context_length=model.config.context_length)
+    result = train_clip(model, stream, len(captions), config, LossConfig(), progress=False)
     losses = [r["loss"] for r in result.history]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     with torch.no_grad():

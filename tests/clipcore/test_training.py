@@ -1,4 +1,4 @@
-"""The optimizer groups, the schedule and a short real training run."""
+"""The optimizer groups, the schedule and short real training runs, streamed from shards."""
 
 import math
 
@@ -9,6 +9,7 @@ from clipcore.config import LossConfig, ModelConfig, TrainConfig
 from clipcore.model.clip_model import build_model
 from clipcore.model.tokenizer import tokenize, train_tokenizer
 from clipcore.train.loop import build_optimizer, train_clip, warmup_cosine
+from tests.clipcore.pairs import toy_stream
 
 
 def test_warmup_then_cosine():
@@ -37,7 +38,7 @@ def test_no_weight_decay_on_gains_biases_and_logit_scale():
 
 
 @pytest.mark.parametrize("loss", ["clip", "clip_reg", "siglip", "cyclip"])
-def test_training_learns_a_two_class_toy_task(loss):
+def test_training_learns_a_two_class_toy_task(loss, tmp_path):
     """Bright images captioned 'coat', dark ones 'bag': every objective must learn to tell them apart."""
     torch.manual_seed(0)
     model, tok = tiny_model()
@@ -45,7 +46,8 @@ def test_training_learns_a_two_class_toy_task(loss):
     images = (labels[:, None, None] * 200 + torch.randint(0, 50, (256, 28, 28))).to(torch.uint8)
     captions = ["a photo of a coat" if y else "a photo of a bag" for y in labels.tolist()]
     cfg = TrainConfig(epochs=6, batch_size=32, lr=3e-3, warmup_steps=4, log_every=1)
-    result = train_clip(model, images, tokenize(tok, captions), cfg, LossConfig(name=loss), progress=False)
+    result = train_clip(model, toy_stream(tmp_path, images, captions, tok), 256, cfg, LossConfig(name=loss),
+                        progress=False)
     assert result.steps == 48 and len(result.history) == 48
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     with torch.no_grad():
@@ -55,16 +57,21 @@ def test_training_learns_a_two_class_toy_task(loss):
     assert 1.0 <= model.scale().item() <= 100.0
 
 
-def test_training_rejects_mismatched_inputs():
+def test_undecodable_samples_are_skipped_and_counted(tmp_path):
+    """Three corrupt images among 96: training goes on, every batch is full, and the three are counted."""
     model, tok = tiny_model()
-    with pytest.raises(ValueError, match="captions"):
-        train_clip(model, torch.zeros(10, 28, 28, dtype=torch.uint8), tokenize(tok, ["x"] * 9), TrainConfig(),
-                   LossConfig(), progress=False)
+    images = torch.randint(0, 255, (96, 28, 28), dtype=torch.uint8)
+    stream = toy_stream(tmp_path, images, ["a photo of a coat"] * 96, tok, corrupt=frozenset({3, 40, 77}))
+    result = train_clip(model, stream, 93, TrainConfig(epochs=1, batch_size=31, log_every=1), LossConfig(),
+                        progress=False)
+    assert result.steps == 3 and result.skipped_samples == 3
 
 
-def test_kill_and_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_and_resume_is_bitwise_identical(tmp_path, workers):
     """Stop after 7 of 16 steps (state saved every 7), resume in a fresh model and optimizer: the final weights
-    equal an uninterrupted run's bit for bit, and the state loads with weights_only=True."""
+    equal an uninterrupted run's bit for bit (with 2 DataLoader workers too: the streams' positions are saved, not
+    the workers'), and the state loads with weights_only=True; its size does not depend on the data's."""
     labels = torch.arange(128) % 2
     images = (labels[:, None, None] * 200 + torch.randint(0, 50, (128, 28, 28), generator=torch.Generator()
                                                            .manual_seed(3))).to(torch.uint8)
@@ -74,10 +81,12 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
         torch.manual_seed(0)
         return tiny_model()
 
-    cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=3, log_every=1, checkpoint_every=7)
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=3, log_every=1, checkpoint_every=7,
+                      workers=workers, data_streams=2)
     model, tok = fresh()
-    tokens = tokenize(tok, captions)
-    full = train_clip(model, images, tokens, cfg, LossConfig(), progress=False)
+    stream = toy_stream(tmp_path, images, captions, tok, streams=2, shard_size=32, shuffle_shards=2,
+                        augment_scale=(0.5, 1.0))
+    full = train_clip(model, stream, 128, cfg, LossConfig(), progress=False)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
 
     class Killed(Exception):
@@ -90,25 +99,27 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     state = tmp_path / "state.pt"
     model, _ = fresh()
     with pytest.raises(Killed):
-        train_clip(model, images, tokens, cfg, LossConfig(), on_log=kill_at_step_9, progress=False,
+        train_clip(model, stream, 128, cfg, LossConfig(), on_log=kill_at_step_9, progress=False,
                    state_path=state, extra_state={"mlflow_run_id": "abc123"})
-    assert torch.load(state, weights_only=True)["next_step"] == 7
+    saved = torch.load(state, weights_only=True)
+    assert saved["next_step"] == 7 and saved["streams"].shape == (1, 2, 2)  # (processes, streams, position)
     model, _ = fresh()
-    resumed = train_clip(model, images, tokens, cfg, LossConfig(), progress=False, state_path=state, resume=True)
+    resumed = train_clip(model, stream, 128, cfg, LossConfig(), progress=False, state_path=state, resume=True)
     assert resumed.steps == 16 - 7 and resumed.extra_state == {"mlflow_run_id": "abc123"}
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
 
 
-def test_flops_counted_per_sample_and_peak_memory():
+def test_flops_counted_per_sample_and_peak_memory(tmp_path):
     """The counted FLOPs per sample of a train step are about 3x a forward pass's (backward costs ~2 forwards)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model, tok = tiny_model()
     images = torch.randint(0, 255, (64, 28, 28), dtype=torch.uint8)
     tokens = tokenize(tok, ["a photo of a coat"] * 64)
-    result = train_clip(model, images, tokens, TrainConfig(epochs=1, batch_size=32, peak_tflops=1.0), LossConfig(),
+    stream = toy_stream(tmp_path, images, ["a photo of a coat"] * 64, tok)
+    result = train_clip(model, stream, 64, TrainConfig(epochs=1, batch_size=32, peak_tflops=1.0), LossConfig(),
                         progress=False)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model((images[:32, None].float() / 255 - 0.5) / 0.5, tokens[:32])

@@ -8,6 +8,7 @@ from clipcore.config import LossConfig, TrainConfig
 from clipcore.model.tokenizer import tokenize
 from clipcore.train.loop import backward_step, enable_gradient_checkpointing, train_clip
 from clipcore.train.losses import LOSSES
+from tests.clipcore.pairs import toy_stream
 from tests.clipcore.test_training import tiny_model
 
 
@@ -18,12 +19,14 @@ def toy_data(n=96):
     return images, ["a photo of a coat" if y else "a photo of a bag" for y in labels.tolist()]
 
 
-def train_with(**options):
+def train_with(root, **options):
     torch.manual_seed(0)
     model, tok = tiny_model()
     images, captions = toy_data()
-    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, log_every=1, **options)
-    result = train_clip(model, images, tokenize(tok, captions), cfg, LossConfig(), progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, log_every=1, data_streams=2, **options)
+    stream = toy_stream(root / ("_".join(map(str, options.items())) or "plain"), images, captions, tok, streams=2,
+                        shard_size=32)
+    result = train_clip(model, stream, len(captions), cfg, LossConfig(), progress=False)
     return model, result
 
 
@@ -49,9 +52,14 @@ def gradients(micro_batches=1, loss="clip", checkpointing=False, saved=None):
     return value, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_loader_workers_give_bitwise_the_same_weights():
-    plain, plain_result = train_with()
-    loaded, loaded_result = train_with(workers=2)
+def test_loader_workers_give_bitwise_the_same_weights(tmp_path):
+    """Two data streams read in this process, by one worker or by two: the same batches, the same weights."""
+    plain, plain_result = train_with(tmp_path)
+    for workers in (1, 2):
+        loaded, loaded_result = train_with(tmp_path, workers=workers)
+        assert [h["loss"] for h in loaded_result.history] == [h["loss"] for h in plain_result.history]
+        for (name, a), b in zip(plain.state_dict().items(), loaded.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
     assert [h["loss"] for h in loaded_result.history] == [h["loss"] for h in plain_result.history]
     for (name, a), b in zip(plain.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -90,18 +98,18 @@ def test_gradient_checkpointing_gives_the_same_gradients_keeping_fewer_activatio
         assert torch.allclose(recomputed[name], plain[name], rtol=1e-5, atol=1e-7), name
 
 
-def test_accumulation_checkpointing_and_channels_last_train_like_the_plain_run():
-    plain, plain_result = train_with()
+def test_accumulation_checkpointing_and_channels_last_train_like_the_plain_run(tmp_path):
+    plain, plain_result = train_with(tmp_path)
     for options in ({"accum_steps": 4}, {"grad_checkpointing": True}, {"channels_last": True}):
-        model, result = train_with(**options)
+        model, result = train_with(tmp_path, **options)
         losses = [h["loss"] for h in result.history]
         assert losses == pytest.approx([h["loss"] for h in plain_result.history], abs=1e-3), options
         for (name, a), b in zip(plain.state_dict().items(), model.state_dict().values(), strict=True):
             assert torch.allclose(a, b, atol=1e-3), (options, name)
 
 
-def test_compiled_training_matches_eager():
-    _, eager = train_with()
-    _, compiled = train_with(compile=True)
+def test_compiled_training_matches_eager(tmp_path):
+    _, eager = train_with(tmp_path)
+    _, compiled = train_with(tmp_path, compile=True)
     assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in eager.history], abs=1e-3)
     assert compiled.flops_per_sample == eager.flops_per_sample > 0

@@ -43,6 +43,11 @@ def project(tmp_path_factory, tiny_data):
     return project
 
 
+def client_of(project) -> MlflowClient:
+    """The project's store for runs and registry alike (an earlier test's global registry URI must not leak in)."""
+    return MlflowClient(project["uri"], registry_uri=project["uri"])
+
+
 def start(project, stage: str) -> subprocess.Popen:
     overrides = [a for o in FAST for a in ("--set", o)]
     return subprocess.Popen([CLI, stage, "--params", "params.yaml", *overrides], cwd=project["dir"],
@@ -61,7 +66,7 @@ def published(project, asset: str) -> dict | None:
 
 
 def assert_nothing_misattributed(project) -> None:
-    client = MlflowClient(project["uri"])
+    client = client_of(project)
     trained = published(project, "clip_model")
     if trained:
         assert checkpoint_digest(project["dir"] / trained["checkpoint"]) == trained["checkpoint_sha256"]
@@ -75,6 +80,7 @@ def assert_nothing_misattributed(project) -> None:
         assert json.loads((project["dir"] / evaluation["metrics_path"]).read_text()) == evaluation["metrics"]
     eval_config = load_params(project["dir"] / "params.yaml", FAST).eval
     mlflow.set_tracking_uri(project["uri"])
+    mlflow.set_registry_uri(project["uri"])
     for version in client.search_model_versions("name='clip'"):
         local = Path(mlflow.artifacts.download_artifacts(f"models:/clip/{version.version}",
                                                          dst_path=str(project["dir"] / "dl" / str(version.version))))
@@ -85,7 +91,7 @@ def assert_nothing_misattributed(project) -> None:
 
 
 def assert_nothing_left_open(project) -> None:
-    client = MlflowClient(project["uri"])
+    client = client_of(project)
     experiment = client.get_experiment_by_name("clip-pipeline")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
     os.environ["DAGSTER_HOME"], home = str(project["dir"] / ".dagster"), os.environ.get("DAGSTER_HOME")
@@ -113,7 +119,7 @@ def test_stages_killed_at_random_points_misattribute_nothing(project):
 
 
 def registered(project) -> int:
-    return len(MlflowClient(project["uri"]).search_model_versions("name='clip'"))
+    return len(client_of(project).search_model_versions("name='clip'"))
 
 
 def test_two_pretrain_runs_at_once_one_is_refused(project):
@@ -133,18 +139,18 @@ def test_two_pretrain_runs_at_once_one_is_refused(project):
 def test_evaluate_refuses_a_checkpoint_other_than_the_registered_one(project):
     assert cli(project, "evaluate").returncode == 0
     version = published(project, "clip_model")["model_version"]
-    before = MlflowClient(project["uri"]).get_model_version("clip", version).tags["zero_shot_top1"]
+    before = client_of(project).get_model_version("clip", version).tags["zero_shot_top1"]
     templates = project["dir"] / "outputs" / "clip_model" / "checkpoint" / "templates.txt"
     kept = templates.read_text()
     templates.write_text("a drawing of a {}.\n")
     result = cli(project, "evaluate")
     assert result.returncode != 0 and "materialize clip_model again" in result.stderr
-    assert MlflowClient(project["uri"]).get_model_version("clip", version).tags["zero_shot_top1"] == before
+    assert client_of(project).get_model_version("clip", version).tags["zero_shot_top1"] == before
     templates.write_text(kept)
 
 
 def test_a_champion_whose_artifacts_are_gone_is_reported_and_replaced(project):
-    client = MlflowClient(project["uri"])
+    client = client_of(project)
     champion = client.get_model_version_by_alias("clip", "champion")
     location = client.get_model_version_download_uri("clip", champion.version)
     shutil.rmtree(location.removeprefix("file://"))

@@ -1,0 +1,243 @@
+"""The training data stream: (image, caption) pairs read from webdataset shards, never the whole dataset in memory.
+
+The shards of every source are cut into pieces (a shard, or a 1/P part of one when there are fewer shards than
+streams). Every process runs `streams` logical streams (`train.data_streams`); logical stream `l` of process `rank` is
+global stream `s = rank * streams + l` of `world * streams`, and each global stream reads its own pieces:
+- in order mode, epoch `e` deals a seeded permutation of all pieces round-robin to the streams (so processes, and
+  the nodes they run on, read disjoint shards); a stream's pieces are taken `shuffle_shards` at a time;
+- in resampled mode (open_clip's `--dataset-resampled`), each group draws `shuffle_shards` pieces with replacement,
+  a source's pieces weighted by its `weight` (open_clip's upsampling factors).
+A group's samples (their keys and byte offsets, from the tar headers) are permuted with a seed of (stream, group),
+then read by offset, decoded, augmented with a per-sample seed and tokenized in the DataLoader worker. Memory is a
+group's index plus the batches in flight, whatever the dataset's size.
+
+A stream's position is two integers, (group, offset in the group), carried by every batch it makes: the training
+state saves them and a resumed run restarts every stream exactly there, so its batches are bitwise the ones an
+uninterrupted run would have seen. Batch `j` of a run comes from logical stream `j % streams`; with DataLoader
+workers, worker `k` serves the streams of batches `k, k + K, ...` (`K` must divide `streams`), so the same batches
+arrive in the same order with any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from clipcore.data.images import build_resize, decode_image, to_rgb_or_gray
+from clipcore.data.tar_index import SampleRef, index_shard, read_at
+
+MAX_PIXELS = 50_000_000  # a training image larger than this is skipped as bad
+
+
+@dataclass(frozen=True)
+class Source:
+    """Shards to train on, and which of their samples."""
+
+    shards: tuple[str, ...]
+    """Tar files (paths or fsspec URLs)."""
+    weight: float = 1.0
+    """Resampled mode: how often its pieces are drawn, relative to other sources' (per piece)."""
+    kept: str | None = None
+    """A kept manifest (parquet with `uid` and `shard` columns, the filter stage's): only its rows are read. None:
+    every sample of the shards."""
+    exclude: frozenset[str] = frozenset()
+    """Keys never read (the held-out pairs)."""
+    last_key: str | None = None
+    """Only keys up to this one (`train.max_rows`), None: all."""
+
+    def keys(self, shard: str) -> frozenset[str] | None:
+        """The keys of `shard` to read (None: all), from the kept manifest's rows of that shard only."""
+        if self.kept is None:
+            return None
+        import polars as pl
+
+        rows = pl.scan_parquet(self.kept).filter(pl.col("shard") == Path(shard).name).select("uid")
+        if self.last_key is not None:
+            rows = rows.filter(pl.col("uid") <= self.last_key)
+        return frozenset(rows.collect()["uid"].to_list()) - self.exclude
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything a DataLoader worker needs to make batches (plain values, so it pickles to workers)."""
+
+    sources: tuple[Source, ...]
+    image_size: int
+    channels: int
+    tokenizer_path: str
+    context_length: int
+    seed: int = 0
+    streams: int = 1
+    shuffle_shards: int = 4
+    resampled: bool = False
+    augment_scale: tuple[float, float] | None = (0.9, 1.0)
+    """RandomResizedCrop's area range; None: resize and center crop (the evaluation transform)."""
+    pieces: tuple[tuple[int, int, int, int], ...] = field(default=(), compare=False)
+    """(source, shard, part, parts) of every piece; filled by `with_pieces`."""
+
+    def with_pieces(self, world: int) -> StreamSpec:
+        """Cut the shards into at least `world * streams` pieces (parts of shards when there are fewer shards)."""
+        count = sum(len(s.shards) for s in self.sources)
+        if count == 0:
+            raise ValueError("no shards to train on")
+        parts = 1 if self.resampled else math.ceil(world * self.streams / count)
+        pieces = tuple((i, j, p, parts) for i, s in enumerate(self.sources) for j in range(len(s.shards))
+                       for p in range(parts))
+        return StreamSpec(**{**self.__dict__, "pieces": pieces})
+
+
+def _rng(*key: int | str) -> np.random.Generator:
+    """A generator seeded by a tuple of ints and strings (stable across processes and runs)."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
+
+
+def group_pieces(spec: StreamSpec, stream: int, total_streams: int, group: int) -> list[tuple[int, int, int, int]]:
+    """The pieces of global stream `stream`'s group number `group` (see the module docstring)."""
+    size = spec.shuffle_shards
+    if spec.resampled:
+        weights = np.array([spec.sources[p[0]].weight / len(spec.sources[p[0]].shards) for p in spec.pieces])
+        draw = _rng(spec.seed, "resampled", stream, group)
+        chosen = draw.choice(len(spec.pieces), size=size, p=weights / weights.sum())
+        return [spec.pieces[i] for i in chosen]
+    mine = math.ceil((len(spec.pieces) - stream) / total_streams)  # pieces per epoch of this stream
+    if mine <= 0:
+        raise ValueError(f"stream {stream} has no piece of the {len(spec.pieces)}")
+    per_epoch = math.ceil(mine / size)
+    epoch, index = divmod(group, per_epoch)
+    order = _rng(spec.seed, "epoch", epoch).permutation(len(spec.pieces))[stream::total_streams]
+    return [spec.pieces[i] for i in order[index * size:(index + 1) * size]]
+
+
+def group_samples(spec: StreamSpec, pieces: list[tuple[int, int, int, int]], stream: int,
+                  group: int) -> list[tuple[str, SampleRef]]:
+    """A group's (shard, sample) items, permuted with the group's seed."""
+    items = []
+    for source_index, shard_index, part, parts in pieces:
+        source = spec.sources[source_index]
+        shard = source.shards[shard_index]
+        keys = source.keys(shard)
+        refs = [r for r in index_shard(shard) if (keys is None and r.key not in source.exclude)
+                or (keys is not None and r.key in keys)]
+        items += [(shard, r) for r in refs[part::parts]]
+    order = _rng(spec.seed, "shuffle", stream, group).permutation(len(items))
+    return [items[i] for i in order]
+
+
+def build_train_transform(spec: StreamSpec) -> Callable:
+    """PIL image -> (C, S, S) uint8: random resized crop (or, without `augment_scale`, resize and center crop)."""
+    if spec.augment_scale is None:
+        return build_resize(spec.image_size, spec.channels)
+    from torchvision.transforms import v2
+
+    mode = v2.Grayscale(num_output_channels=1) if spec.channels == 1 else v2.RGB()
+    return v2.Compose([to_rgb_or_gray, v2.ToImage(), mode,
+                       v2.RandomResizedCrop(spec.image_size, scale=spec.augment_scale, antialias=True)])
+
+
+@dataclass
+class StreamBatch:
+    """One process's batch from one logical stream, and where that stream stands after it."""
+
+    pixels: torch.Tensor  # (B, C, S, S) uint8
+    ids: torch.Tensor  # (B, L) int64
+    stream: int  # logical stream of this process
+    position: tuple[int, int]  # (group, offset) of the stream's next sample
+    skipped: int  # samples of this batch's span that failed to decode (skipped)
+    keys: list[str]  # the samples' keys, in batch order
+
+    def pin_memory(self) -> StreamBatch:
+        """Page-locked copies of the tensors (the DataLoader's `pin_memory=True` calls this)."""
+        return StreamBatch(self.pixels.pin_memory(), self.ids.pin_memory(), self.stream, self.position, self.skipped,
+                           self.keys)
+
+
+class PairStream(IterableDataset):
+    """This process's batches: logical stream `(start_step + j) % streams` makes batch `j`, from `positions`."""
+
+    def __init__(self, spec: StreamSpec, rank: int, world: int, batch_size: int, start_step: int = 0,
+                 positions: list[tuple[int, int]] | None = None):
+        super().__init__()
+        self.spec, self.rank, self.world, self.batch_size, self.start_step = spec, rank, world, batch_size, start_step
+        self.positions = positions or [(0, 0)] * spec.streams
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.spec.streams % workers:
+            raise ValueError(f"train.data_streams={self.spec.streams} is not a multiple of the {workers} workers")
+        if info is not None:
+            torch.set_num_threads(1)  # workers decode; the training process owns the cores' threads
+        running: dict[int, Iterator[StreamBatch]] = {}
+        j = worker
+        while True:
+            logical = (self.start_step + j) % self.spec.streams
+            if logical not in running:
+                running[logical] = self.stream_batches(logical)
+            yield next(running[logical])
+            j += workers
+
+    def stream_batches(self, logical: int) -> Iterator[StreamBatch]:
+        """Logical stream `logical`'s batches, from its saved position on."""
+        from clipcore.model.tokenizer import load_tokenizer, tokenize
+
+        spec = self.spec
+        tokenizer = load_tokenizer(spec.tokenizer_path, spec.context_length)
+        transform = build_train_transform(spec)
+        total_streams = self.world * spec.streams
+        stream = self.rank * spec.streams + logical
+        group, offset = self.positions[logical]
+        pixels, captions, keys, skipped = [], [], [], 0
+        empty = 0
+        while True:
+            items = group_samples(spec, group_pieces(spec, stream, total_streams, group), stream, group)
+            empty = 0 if items else empty + 1
+            if empty > len(spec.pieces):  # a whole epoch of empty groups: the stream has nothing to read
+                raise ValueError(f"stream {stream} finds no samples in its shards (all filtered out or held out?)")
+            files = {}
+            for index in range(offset, len(items)):
+                shard, ref = items[index]
+                if shard not in files:
+                    import fsspec
+
+                    files[shard] = fsspec.open(shard, "rb").open()
+                sample = decode_sample(files[shard], ref, transform, (spec.seed, stream, group, index))
+                if sample is None:
+                    skipped += 1
+                else:
+                    pixels.append(sample[0])
+                    captions.append(sample[1])
+                    keys.append(ref.key)
+                if len(pixels) == self.batch_size:
+                    position = (group, index + 1) if index + 1 < len(items) else (group + 1, 0)
+                    yield StreamBatch(torch.stack(pixels), tokenize(tokenizer, captions), logical, position, skipped,
+                                      keys)
+                    pixels, captions, keys, skipped = [], [], [], 0
+            for file in files.values():
+                file.close()
+            group, offset = group + 1, 0
+
+
+def decode_sample(file, ref: SampleRef, transform: Callable, seed: tuple) -> tuple[torch.Tensor, str] | None:
+    """A sample's (C, S, S) uint8 image and caption, augmented with a per-sample seed; None when it cannot be
+    decoded (a bad sample is skipped and counted, never fatal)."""
+    try:
+        image = decode_image(read_at(file, ref.image), MAX_PIXELS)
+        caption = read_at(file, ref.text).decode("utf-8")
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None
+    with torch.random.fork_rng(devices=[]):  # the crop depends on the sample alone, not on who decodes it
+        torch.manual_seed(int.from_bytes(hashlib.sha256(repr(seed).encode()).digest()[:8], "little"))
+        return transform(image), caption
+
+
+def collate_one(batch: StreamBatch) -> StreamBatch:
+    """DataLoader `collate_fn` for batches made whole in the workers."""
+    return batch
