@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,14 +133,44 @@ def group_samples(spec: StreamSpec, pieces: list[tuple[int, int, int, int]], str
 
 
 def build_train_transform(spec: StreamSpec) -> Callable:
-    """PIL image -> (C, S, S) uint8: random resized crop (or, without `augment_scale`, resize and center crop)."""
+    """(PIL image, generator) -> (C, S, S) uint8: a random resized crop drawn from `generator` (or, without
+    `augment_scale`, resize and center crop, the evaluation transform)."""
     if spec.augment_scale is None:
-        return build_resize(spec.image_size, spec.channels)
-    from torchvision.transforms import v2
+        resize = build_resize(spec.image_size, spec.channels)
+        return lambda image, generator: resize(image)
+    from torchvision.transforms.v2 import functional as F
 
-    mode = v2.Grayscale(num_output_channels=1) if spec.channels == 1 else v2.RGB()
-    return v2.Compose([to_rgb_or_gray, v2.ToImage(), mode,
-                       v2.RandomResizedCrop(spec.image_size, scale=spec.augment_scale, antialias=True)])
+    def crop(image, generator: random.Random) -> torch.Tensor:
+        pixels = F.to_image(to_rgb_or_gray(image))  # (C, H, W) uint8
+        if pixels.shape[0] != spec.channels:
+            pixels = F.rgb_to_grayscale(pixels) if spec.channels == 1 else pixels.expand(3, -1, -1)
+        top, left, height, width = crop_box(pixels.shape[1], pixels.shape[2], spec.augment_scale, generator)
+        return F.resized_crop(pixels, top, left, height, width, [spec.image_size, spec.image_size], antialias=True)
+
+    return crop
+
+
+def crop_box(height: int, width: int, scale: tuple[float, float], generator: random.Random,
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop covering `scale` of the area with an aspect ratio in `ratio`,
+    torchvision's RandomResizedCrop sampling (10 tries, then the largest centered crop within `ratio`), drawn from
+    `generator` instead of the global RNG so that a sample's crop depends on its seed alone."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * generator.uniform(*scale)
+        aspect = math.exp(generator.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return generator.randint(0, height - h), generator.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 @dataclass
@@ -226,16 +257,16 @@ class PairStream(IterableDataset):
 
 
 def decode_sample(file, ref: SampleRef, transform: Callable, seed: tuple) -> tuple[torch.Tensor, str] | None:
-    """A sample's (C, S, S) uint8 image and caption, augmented with a per-sample seed; None when it cannot be
-    decoded (a bad sample is skipped and counted, never fatal)."""
+    """A sample's (C, S, S) uint8 image and caption, augmented with a generator seeded by the sample's place in its
+    stream (so the crop does not depend on which process decodes it); None when it cannot be decoded (a bad sample
+    is skipped and counted, never fatal)."""
     try:
         image = decode_image(read_at(file, ref.image), MAX_PIXELS)
         caption = read_at(file, ref.text).decode("utf-8")
     except (ValueError, UnicodeDecodeError, OSError):
         return None
-    with torch.random.fork_rng(devices=[]):  # the crop depends on the sample alone, not on who decodes it
-        torch.manual_seed(int.from_bytes(hashlib.sha256(repr(seed).encode()).digest()[:8], "little"))
-        return transform(image), caption
+    generator = random.Random(hashlib.sha256(repr(seed).encode()).digest())
+    return transform(image, generator), caption
 
 
 def collate_one(batch: StreamBatch) -> StreamBatch:
