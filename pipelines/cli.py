@@ -160,17 +160,20 @@ def standalone_filter(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """Pretrain on a filter stage's output, outside Dagster; `python -m pipelines.loopback_torchrun --nnodes=1
-    --rdzv-backend=loopback --nproc-per-node N $(which clip-pipeline) train ...` trains data-parallel on N processes
-    of this machine (gloo on CPU, NCCL on GPUs), listening on 127.0.0.1 only; plain torchrun works too, but its stores
-    listen on every interface."""
+    """Pretrain on a filter stage's output, outside Dagster. One machine: `python -m pipelines.loopback_torchrun
+    --nnodes=1 --rdzv-backend=loopback --nproc-per-node N $(which clip-pipeline) train ...` trains data-parallel on N
+    processes (gloo on CPU, NCCL on GPUs), listening on 127.0.0.1 only (plain torchrun works too, but its stores
+    listen on every interface). M machines: each runs `torchrun --nnodes=M --nproc-per-node=N --rdzv-backend=c10d
+    --rdzv-endpoint=HOST:PORT --rdzv-id=JOB_ID --rdzv-conf=is_host=true|false $(which clip-pipeline) train ...`, HOST
+    being the first node (is_host=true there only); the stores and sockets listen on every interface, as the nodes
+    must reach each other, and --kept, --shards, --output-dir and --params must name the same files on every node
+    (a shared file system)."""
     config = load_config(args)  # before torch is imported: a bad param fails at once
-    import polars as pl
 
     from clipcore.train.distributed import rank_and_world
     from clipcore.train.stage import run_pretraining
 
-    out = run_pretraining(pl.read_parquet(args.kept), args.shards, args.output_dir, config, resume=args.resume)
+    out = run_pretraining(args.kept, args.shards, args.output_dir, config, resume=args.resume)
     if rank_and_world()[0] == 0:
         r = out.result
         print(json.dumps({"checkpoint": str(out.checkpoint_dir), "train_rows": out.train_rows, "steps": r.steps,

@@ -32,7 +32,15 @@ class PretrainConfig(StageConfig):
     launcher: str = Field(default="in_process", description="`in_process`, or `torchrun`: an external torchrun "
                           "launched through Dagster Pipes, streaming logs and metrics back")
     nproc_per_node: int = Field(default=2, description="torchrun processes per node")
-    nnodes: int = Field(default=1, description="torchrun nodes (more than 1 needs a rendezvous endpoint)")
+    nnodes: int = Field(default=1, description="torchrun nodes; one listens on 127.0.0.1 only, more meet through "
+                        "torchrun's c10d rendezvous (rdzv_endpoint, rdzv_id, node_rank) and must reach each other: "
+                        "this asset runs one node, every other node runs the torchrun command it logs with its own "
+                        "node_rank, on the same paths (a shared file system)")
+    rdzv_endpoint: str = Field(default="", description="nnodes > 1: HOST:PORT of node 0's c10d rendezvous store, "
+                               "reachable from every node (it listens on every interface)")
+    rdzv_id: str = Field(default="", description="nnodes > 1: the job's rendezvous id, the same on every node")
+    node_rank: int = Field(default=0, description="nnodes > 1: this node's rank, 0 to nnodes-1; node 0 hosts the "
+                           "rendezvous store at rdzv_endpoint")
     resume: bool = Field(default=False, description="continue an interrupted training from its state "
                          "(outputs/.partial/clip_model/train_state.pt; set train.checkpoint_every), in the MLflow run "
                          "it started")
@@ -76,7 +84,8 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
             if config.launcher == "torchrun":
                 command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions.kept,
                                            caption_shards.dir, out, config.nproc_per_node, config.nnodes,
-                                           config.resume, run.info.run_id)
+                                           config.resume, run.info.run_id, config.rdzv_endpoint, config.rdzv_id,
+                                           config.node_rank)
                 summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
             elif config.launcher == "in_process":
                 summary, history = train_in_process(filtered_captions.kept, caption_shards.dir, out, cfg, on_log,

@@ -67,8 +67,9 @@ def test_single_node_command_form():
     launcher = single_node_launcher(2)
     assert launcher[1:3] == ["-m", "pipelines.loopback_torchrun"] and "--standalone" not in launcher
     assert "--rdzv-backend=loopback" in launcher and "--rdzv-endpoint=127.0.0.1:0" in launcher
-    multi = torchrun_command("p.yaml", [], "k", "s", Path("o"), 2, 2, False, "run")
+    multi = torchrun_command("p.yaml", [], "k", "s", Path("o"), 2, 2, False, "run", "node0:29400", "job", 1)
     assert multi[1:3] == ["-m", "torch.distributed.run"]  # several nodes need the network: torchrun as it is
+    assert "--rdzv-backend=c10d" in multi and "--rdzv-endpoint=node0:29400" in multi  # tests/pipelines/test_multinode
 
 
 def test_single_node_job_listens_on_loopback_only(tmp_path):
