@@ -49,7 +49,7 @@ class TrainResult:
     flops_per_sample: float = 0.0  # forward + backward, counted on the first step
     peak_memory_bytes: int = 0  # this process: CUDA max allocated, or CPU peak resident set
     peak_tflops: float | None = None
-    skipped_samples: int = 0  # undecodable samples skipped by this process's streams (resumed runs included)
+    skipped_samples: int = 0  # undecodable samples skipped by every process's streams (resumed runs included)
 
     @property
     def samples_per_second(self) -> float:
@@ -199,7 +199,7 @@ def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
     torch.set_rng_state(state["torch_rng"])
     result.history = list(state["history"])
     result.extra_state = dict(state["extra"])
-    result.skipped_samples = int(state["skipped"])
+    result.skipped_samples = int(state["skipped"]) if rank == 0 else 0  # the saved count is every process's sum
     return int(state["next_step"]), [tuple(p) for p in saved[rank].tolist()]
 
 
@@ -389,6 +389,7 @@ def train_clip(
     result.steps, result.samples = run.total - run.first_step, (run.total - run.first_step) * train.batch_size
     result.peak_memory_bytes = peak_memory_bytes(run.device)
     result.peak_tflops = train.peak_tflops
+    result.skipped_samples = all_reduce_sum(result.skipped_samples)  # every process's
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

@@ -52,7 +52,7 @@ def summary_metrics(summary: dict) -> dict[str, float]:
             "train_seconds": summary["seconds"],
             "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9),
             "flops_per_sample": summary["flops_per_sample"], "achieved_tflops": summary["achieved_tflops"],
-            "peak_memory_mb": summary["peak_memory_mb"],
+            "peak_memory_mb": summary["peak_memory_mb"], "skipped_samples": summary.get("skipped_samples", 0),
             **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {})}
 
 
@@ -105,7 +105,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
         "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
         "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
         "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
-        "resumed": config.resume,
+        "resumed": config.resume, "skipped_samples": summary.get("skipped_samples", 0),
         "device": summary["device"], "train_seconds": round(summary["seconds"], 1),
         "samples_per_second": round(summary["samples_per_second"], 1),
         "achieved_tflops": round(summary["achieved_tflops"], 4), "peak_memory_mb": round(summary["peak_memory_mb"]),
