@@ -10,6 +10,8 @@ work starts.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -70,17 +72,40 @@ def read_url_list(path: str | Path, fmt: str, url_col: str, caption_col: str) ->
     )
 
 
+MAX_SIDECAR_BYTES = 1 << 16  # a caption file larger than this is not a caption
+
+
+def read_sidecar(sidecar: Path, root: str) -> tuple[str | None, str | None]:
+    """(caption, error) of an image's sidecar `.txt`: read only when it resolves inside `root` (symlinks followed
+    first) and is a regular file of at most MAX_SIDECAR_BYTES; (None, None) when there is none."""
+    real = os.path.realpath(sidecar)
+    if not os.path.lexists(sidecar):
+        return None, None
+    if not real.startswith(os.path.join(root, "")):
+        return None, "caption_outside_data_root"
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)  # a fifo must not hang the reader
+    except OSError:
+        return None, "caption_unreadable"
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "caption_not_a_regular_file"
+        if info.st_size > MAX_SIDECAR_BYTES:
+            return None, "caption_too_long"
+        try:
+            return file.read().decode("utf-8").strip(), None
+        except UnicodeDecodeError:
+            return None, "caption_not_utf8"
+
+
 def read_folder(path: str | Path) -> pl.DataFrame:
-    """Images under `path` (recursively) with the caption in a sidecar `<stem>.txt` (null when missing)."""
+    """Images under `path` (recursively) with the caption in a sidecar `<stem>.txt` (null when missing). Sidecars are
+    confined to the folder like the images (see `read_sidecar`); an image's own path is checked when it is read."""
     rows = []
+    root = os.path.realpath(path)
     for image in sorted(p for p in Path(path).resolve().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        sidecar = image.with_suffix(".txt")
-        caption, error = None, None
-        if sidecar.exists():
-            try:
-                caption = sidecar.read_bytes().decode("utf-8").strip()
-            except UnicodeDecodeError:
-                error = "caption_not_utf8"
+        caption, error = read_sidecar(image.with_suffix(".txt"), root)
         rows.append({"url": str(image), "caption": caption, "source_error": error})
     return pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String})
 

@@ -320,3 +320,23 @@ def test_filter_outputs_are_never_a_mix_of_two_runs(shards, tmp_path, monkeypatc
     kept, rejected = read_filtered(out)
     assert kept.height == 0 and rejected["uid"].to_list() == result.rejected["uid"].to_list()
     assert sorted(p.name for p in out.iterdir()) == ["funnel.json", "kept.parquet", "rejected.parquet"]
+
+
+def test_sidecar_captions_stay_inside_the_folder(tmp_path):
+    """A sidecar `.txt` symlinked to a secret outside the folder, or to a device, never becomes a caption."""
+    import os
+
+    folder, secret = tmp_path / "folder", tmp_path / "secret.txt"
+    folder.mkdir()
+    secret.write_text("the password is hunter2")
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(png(i * 40))
+    (folder / "0.txt").write_text("a caption inside the folder")
+    (folder / "1.txt").symlink_to(secret)
+    (folder / "2.txt").symlink_to("/dev/zero")
+    os.mkfifo(folder / "3.txt")
+    table = read_input(IngestConfig(input=str(folder)))
+    assert table["caption"].to_list() == ["a caption inside the folder", None, None, None]
+    assert table["source_error"].to_list() == [None, "caption_outside_data_root", "caption_outside_data_root",
+                                               "caption_not_a_regular_file"]
+    assert "hunter2" not in str(table.to_dicts())
