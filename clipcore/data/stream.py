@@ -138,14 +138,18 @@ def build_train_transform(spec: StreamSpec) -> Callable:
     if spec.augment_scale is None:
         resize = build_resize(spec.image_size, spec.channels)
         return lambda image, generator: resize(image)
-    from torchvision.transforms.v2 import functional as F
-
     def crop(image, generator: random.Random) -> torch.Tensor:
-        pixels = F.to_image(to_rgb_or_gray(image))  # (C, H, W) uint8
+        pixels = torch.from_numpy(np.array(to_rgb_or_gray(image)))  # (H, W) or (H, W, 3) uint8
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)  # (C, H, W)
         if pixels.shape[0] != spec.channels:
+            from torchvision.transforms.v2 import functional as F
+
             pixels = F.rgb_to_grayscale(pixels) if spec.channels == 1 else pixels.expand(3, -1, -1)
         top, left, height, width = crop_box(pixels.shape[1], pixels.shape[2], spec.augment_scale, generator)
-        return F.resized_crop(pixels, top, left, height, width, [spec.image_size, spec.image_size], antialias=True)
+        box = pixels[None, :, top:top + height, left:left + width]  # (1, C, h, w)
+        # torchvision's resized_crop on uint8 is this same antialiased bilinear kernel, behind ~3x the Python
+        size = (spec.image_size, spec.image_size)
+        return torch.nn.functional.interpolate(box, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
     return crop
 
