@@ -11,25 +11,38 @@ import polars as pl
 import torch
 
 from clipcore.config import EvalConfig, ModelConfig
-from clipcore.data.labeled_sets import load_csv_set, load_idx_set, load_image_folder
+from clipcore.data.labeled_sets import LabeledSet, csv_set, idx_set, image_folder_set
 from clipcore.data.layout import shard_paths
 from clipcore.data.shards import load_samples
-from clipcore.evaluate.evaluation import evaluate_model, top_confusions, zero_shot, zero_shot_metrics
+from clipcore.evaluate.evaluation import (
+    evaluate_model,
+    resolve_device,
+    top_confusions,
+    zero_shot,
+    zero_shot_metrics,
+)
 from clipcore.model.clip_model import checkpoint_templates, load_checkpoint
 from clipcore.model.prompts import load_class_names
 
 TOP_K_EXAMPLES = 5
 
 
-def load_test_set(e: EvalConfig, m: ModelConfig) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """Test images (uint8, at the model's size and channels), labels and class names: `eval.labeled_set` (ImageFolder
-    or csv) or the IDX files."""
+def open_test_set(e: EvalConfig, m: ModelConfig) -> LabeledSet:
+    """The configured test set, read in batches at the model's size and channels: `eval.labeled_set` (ImageFolder or
+    csv) or the IDX files."""
     if e.labeled_set and Path(e.labeled_set).is_dir():
-        return load_image_folder(e.labeled_set, m.image_size, m.channels, e.max_test_images)
+        return image_folder_set(e.labeled_set, m.image_size, m.channels, e.max_test_images)
     names = load_class_names(e.class_names)
     if e.labeled_set:
-        return load_csv_set(e.labeled_set, m.image_size, m.channels, names, e.max_test_images)
-    return (*load_idx_set(e.test_images, e.test_labels, e.max_test_images), names)
+        return csv_set(e.labeled_set, m.image_size, m.channels, names, e.max_test_images)
+    return idx_set(e.test_images, e.test_labels, names, e.max_test_images)
+
+
+def load_test_set(e: EvalConfig, m: ModelConfig) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """The whole test set in memory: uint8 images, labels and class names (the report's thumbnails; evaluation
+    reads `open_test_set` in batches)."""
+    labeled = open_test_set(e, m)
+    return (*labeled.load(e.batch_size), labeled.class_names)
 
 
 def load_holdout(holdout_path: str | Path, shard_root: str | Path, m: ModelConfig,
@@ -45,8 +58,9 @@ def load_holdout(holdout_path: str | Path, shard_root: str | Path, m: ModelConfi
 def zero_shot_on_test_set(checkpoint: str | Path, e: EvalConfig) -> dict[str, float]:
     """A checkpoint's zero-shot metrics (the promotion gate's) on the configured test set, with its own templates."""
     model, tokenizer = load_checkpoint(checkpoint)
-    images, labels, classes = load_test_set(e, model.config)
-    metrics, _ = zero_shot(model, tokenizer, images, labels, classes, checkpoint_templates(checkpoint), e.batch_size)
+    model.to(resolve_device(e.device))
+    metrics, _ = zero_shot(model, tokenizer, open_test_set(e, model.config), checkpoint_templates(checkpoint),
+                           e.batch_size)
     return zero_shot_metrics(metrics)
 
 
@@ -64,11 +78,13 @@ def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_checkpoint(checkpoint)
-    test_images, test_labels, class_names = load_test_set(e, model.config)
+    model.to(resolve_device(e.device))
+    labeled = open_test_set(e, model.config)
+    class_names = labeled.class_names
     uids, holdout_images, holdout_captions = load_holdout(holdout_path, shard_root, model.config)
-    probe = load_idx_set(e.probe_images, e.probe_labels, e.probe_size) if e.probe_size > 0 else None
-    result = evaluate_model(model, tokenizer, test_images, test_labels, class_names, checkpoint_templates(checkpoint),
-                            holdout_images, holdout_captions, e.batch_size, probe)
+    probe = idx_set(e.probe_images, e.probe_labels, class_names, e.probe_size) if e.probe_size > 0 else None
+    result = evaluate_model(model, tokenizer, labeled, checkpoint_templates(checkpoint), holdout_images,
+                            holdout_captions, e.batch_size, probe)
     similarity = result["retrieval_similarity"]  # (images, captions)
     examples = [
         {"caption": holdout_captions[j], "caption_uid": uids[j],
@@ -76,11 +92,11 @@ def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root:
         for j in range(min(e.num_examples, len(uids)))
     ]
     confused = [{"true": class_names[i], "predicted": class_names[j], "count": n,
-                 "examples": [int(x) for x in np.flatnonzero((test_labels == i) & (result["predictions"] == j))[:6]]}
+                 "examples": result["examples"].get((i, j), [])}
                 for i, j, n in top_confusions(result["confusion"])]
     details = {"class_names": class_names, "per_class_accuracy": result["per_class_accuracy"],
                "confused_pairs": confused, "confusion": result["confusion"], "retrieval_examples": examples,
-               "test_images": len(test_labels), "holdout_pairs": len(uids), **(identity or {})}
+               "test_images": result["test_images"], "holdout_pairs": len(uids), **(identity or {})}
     Path(metrics_path).write_text(json.dumps(result["metrics"], indent=2))
     (out / "details.json").write_text(json.dumps(details, indent=2))
     return EvaluationResult(result["metrics"], model.config)

@@ -1,4 +1,5 @@
-"""Zero-shot classification: prompt-ensembled class embeddings and the metrics computed from them."""
+"""Zero-shot classification: prompt-ensembled class embeddings and the metrics computed from them, counted batch by
+batch so that a test set of any size needs memory for one batch and a C x C confusion matrix only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+EXAMPLES_PER_CELL = 6
+"""Test-set indices remembered per (truth, prediction) cell: the report's thumbnails of confused pairs."""
 
 
 @torch.no_grad()
@@ -24,21 +28,60 @@ def build_zero_shot_classifier(
     return torch.stack(weights)  # (C, D)
 
 
+class ClassificationTally:
+    """Classification results accumulated one batch of logits at a time: top-1 and top-5 hits, the confusion matrix
+    (rows = truth) and the first EXAMPLES_PER_CELL test-set indices of every (truth, prediction) cell."""
+
+    def __init__(self, num_classes: int, examples_per_cell: int = EXAMPLES_PER_CELL):
+        self.num_classes, self.examples_per_cell = num_classes, examples_per_cell
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.count = self.top1_hits = self.top5_hits = 0
+        self.examples: dict[tuple[int, int], list[int]] = {}
+
+    def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Count one batch: (B, C) logits of the test images numbered from `self.count` on, (B,) true labels."""
+        labels = np.asarray(labels)
+        order = np.argsort(-logits, axis=1)  # (B, C), best first; each row is sorted on its own, whatever the batch
+        pred = order[:, 0]
+        k = min(5, self.num_classes)
+        np.add.at(self.confusion, (labels, pred), 1)
+        self.top1_hits += int((pred == labels).sum())
+        self.top5_hits += int((order[:, :k] == labels[:, None]).any(1).sum())
+        self._remember_examples(labels * self.num_classes + pred)
+        self.count += len(labels)
+
+    def _remember_examples(self, cells: np.ndarray) -> None:
+        """Add the batch's first indices of each (truth, prediction) cell that still has room."""
+        by_cell = np.argsort(cells, kind="stable")  # (B,) batch rows grouped by cell, in set order within a cell
+        found, starts = np.unique(cells[by_cell], return_index=True)
+        for cell, start in zip(found.tolist(), starts.tolist(), strict=True):
+            have = self.examples.setdefault(divmod(cell, self.num_classes), [])
+            rows = by_cell[start : start + max(0, self.examples_per_cell - len(have))]
+            have.extend(self.count + int(r) for r in rows if cells[r] == cell)  # the slice may run into the next cell
+
+    def result(self) -> dict:
+        """Top-1, top-5, mean per-class recall, per-class accuracy, the confusion matrix and the examples per cell.
+
+        Raises:
+            ValueError: nothing was counted (an empty test set).
+        """
+        if self.count == 0:
+            raise ValueError("the test set has no images")
+        support = self.confusion.sum(1)
+        per_class = np.divide(np.diag(self.confusion), support, out=np.zeros(self.num_classes), where=support > 0)
+        return {
+            "top1": self.top1_hits / self.count,
+            "top5": self.top5_hits / self.count,
+            "mean_per_class_recall": float(per_class[support > 0].mean()),
+            "per_class_accuracy": per_class.tolist(),
+            "confusion": self.confusion.tolist(),
+            "examples": {cell: rows for cell, rows in self.examples.items() if rows},
+            "count": self.count,
+        }
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Top-1, top-5, mean per-class recall, per-class accuracy and the confusion matrix (rows = truth)."""
-    labels = np.asarray(labels)
-    order = np.argsort(-logits, axis=1)  # (N, C), best first
-    pred = order[:, 0]
-    k = min(5, num_classes)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-    support = confusion.sum(1)
-    per_class = np.divide(np.diag(confusion), support, out=np.zeros(num_classes), where=support > 0)
-    return {
-        "top1": float((pred == labels).mean()),
-        "top5": float((order[:, :k] == labels[:, None]).any(1).mean()),
-        "mean_per_class_recall": float(per_class[support > 0].mean()),
-        "per_class_accuracy": per_class.tolist(),
-        "confusion": confusion.tolist(),
-        "predictions": pred,
-    }
+    """`ClassificationTally.result` of one (N, C) block of logits and its (N,) labels."""
+    tally = ClassificationTally(num_classes)
+    tally.update(logits, labels)
+    return tally.result()

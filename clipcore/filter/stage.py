@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from clipcore.config import FilterConfig
-from clipcore.data.layout import read_manifest, shard_paths
+from clipcore.data.layout import read_manifest
 from clipcore.filter.rules import apply_clip_score, filter_manifest, funnel
 
 # model URI -> (embed image bytes, embed texts), each returning (N, D) arrays
@@ -54,18 +54,16 @@ def run_filter(ingest_dir: str | Path, config: FilterConfig, out: str | Path,
     extra = {}
     if config.enabled and clip.enabled and kept.height:
         # torch and the shard reader load only when pairs are scored
-        from clipcore.filter.clip_score import cosine_scores, hf_clip_embedders, read_image_bytes
+        from clipcore.filter.clip_score import hf_clip_embedders, score_kept
 
         if Path(clip.model).is_dir():
-            embed_images, embed_texts = hf_clip_embedders(clip.model)
+            embed_images, embed_texts = hf_clip_embedders(clip.model, clip.device)
         elif load_embedders is not None:
             embed_images, embed_texts = load_embedders(clip.model)
         else:
             raise ValueError(f"filter.clip_score.model={clip.model!r} is not a local CLIP directory and no model "
                              "loader was given")
-        payloads = read_image_bytes(shard_paths(ingest_dir, kept), kept["uid"].to_list())
-        scores = cosine_scores(embed_images, embed_texts, [payloads[u] for u in kept["uid"]],
-                               kept["caption"].to_list(), clip.batch_size, progress)
+        scores = score_kept(ingest_dir, kept, embed_images, embed_texts, clip.batch_size, progress)
         kept, rejected, cut = apply_clip_score(kept, rejected, scores, clip)
         extra = {"clip_score_model": clip.model, "clip_score_cut": cut}
     rejected = rejected.sort("uid")

@@ -9,11 +9,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from clipcore.config import LossConfig, ModelConfig, TrainConfig
 from clipcore.data.fashion_mnist import read_idx
 from clipcore.data.images import build_resize, normalize_uint8
+from clipcore.data.labeled_sets import tensor_set
 from clipcore.evaluate.evaluation import evaluate_model
 from clipcore.model.clip_model import build_model
 from clipcore.model.prompts import load_class_names, load_templates
 from clipcore.model.tokenizer import tokenize, train_tokenizer
 from clipcore.train.loop import train_clip
+from tests.clipcore.pairs import toy_stream
 
 zeroshot = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
 retrieval = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
@@ -29,7 +31,7 @@ def accuracy_numpy2(output, target, topk=(1,)):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data):
+def trained(tiny_data, tmp_path_factory):
     """A small model trained for a few epochs on the real tiny caption slice."""
     from PIL import Image
 
@@ -47,7 +49,8 @@ def trained(tiny_data):
     tok = train_tokenizer(captions, 400, 16)
     model = build_model(ModelConfig(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=32,
                                     vocab_size=400), tok)
-    train_clip(model, images, tokenize(tok, captions), TrainConfig(epochs=8, batch_size=64, lr=3e-3, warmup_steps=10),
+    stream = toy_stream(tmp_path_factory.mktemp("pairs"), images[:, 0], captions, tok)
+    train_clip(model, stream, len(captions), TrainConfig(epochs=8, batch_size=64, lr=3e-3, warmup_steps=10),
                LossConfig(), progress=False)
     return model.eval(), tok, images, captions
 
@@ -63,7 +66,7 @@ def test_zero_shot_and_retrieval_match_clip_benchmark(trained, tiny_data, monkey
     for i, c in enumerate(captions):
         first.setdefault(c, i)
     pairs = sorted(first.values())[:200]
-    ours = evaluate_model(model, tok, test_images, test_labels, classes, templates, images[pairs],
+    ours = evaluate_model(model, tok, tensor_set(test_images, test_labels, classes), templates, images[pairs],
                           [captions[i] for i in pairs])["metrics"]
 
     def tokenizer(texts):

@@ -41,7 +41,7 @@ def test_top_confusions_ignores_the_diagonal():
 def test_labeled_sets_from_image_folder_and_csv(tmp_path):
     from PIL import Image
 
-    from clipcore.data.labeled_sets import load_csv_set, load_image_folder
+    from clipcore.data.labeled_sets import csv_set, image_folder_set
 
     rows = ["path,label"]
     for label, value in (("bag", 30), ("coat", 200)):
@@ -49,11 +49,13 @@ def test_labeled_sets_from_image_folder_and_csv(tmp_path):
         for i in range(2):
             Image.new("RGB", (40, 30), (value, value, value)).save(tmp_path / "tree" / label / f"{i}.png")
             rows.append(f"tree/{label}/{i}.png,{label}")
-    images, labels, classes = load_image_folder(tmp_path / "tree", 28, 1)
+    tree = image_folder_set(tmp_path / "tree", 28, 1)
+    (images, labels), classes = tree.load(), tree.class_names
     assert images.shape == (4, 1, 28, 28) and classes == ["bag", "coat"] and labels.tolist() == [0, 0, 1, 1]
     assert abs(images[0].float().mean() - 30) <= 1 and abs(images[3].float().mean() - 200) <= 1  # luma rounding
     (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
-    images, labels, classes = load_csv_set(tmp_path / "set.csv", 28, 1, ["coat", "bag"])
+    table = csv_set(tmp_path / "set.csv", 28, 1, ["coat", "bag"])
+    (images, labels), classes = table.load(), table.class_names
     assert labels.tolist() == [1, 1, 0, 0] and classes == ["coat", "bag"]
 
 
