@@ -166,7 +166,7 @@ def per_sample_costs(spec: StreamSpec, shards: list[str], count: int, preprocess
     threads = torch.get_num_threads()
     pixels = torch.stack(crops[:256])  # (256, C, S, S) uint8
 
-    def normalize_in_place(batch):  # the same arithmetic as normalize_uint8, one float buffer instead of three
+    def normalize_in_place(batch):  # the same arithmetic on one float buffer (what normalize_uint8 does since 3251d3d)
         return batch.float().div_(255.0).sub_(MEAN).div_(STD)
 
     assert torch.equal(normalize_in_place(pixels), normalize_uint8(pixels))  # bitwise the same values
@@ -181,13 +181,13 @@ def per_sample_costs(spec: StreamSpec, shards: list[str], count: int, preprocess
     steps = [
         ("ours", "read bytes (seek + read by tar offset)", lambda: [read_at(files[s], r.image) for s, r in refs]),
         ("ours", "decode (decode_image: PIL load + copy)", lambda: [decode_image(b, MAX_PIXELS) for b, _ in raw]),
-        ("ours", "augment (seeded crop box + v2 resized_crop, uint8)", seeded_crops),
+        ("ours", "augment (seeded crop box + antialiased resize, uint8)", seeded_crops),
         ("ours", "tokenize (encode_batch of 256)", batched(lambda k: tokenize(ours_tok, captions[k:k + 256]))),
         ("ours", "collate (torch.stack of 256 uint8 crops)", batched(lambda k: torch.stack(crops[k:k + 256]))),
         ("ours", "index shard headers (index_shard, once per epoch)",
          lambda: [index_shard(s) for s in sorted(files)]),
         ("ours*", "normalize uint8 -> float (normalize_uint8)", batched(lambda k: normalize_uint8(pixels[:count - k]))),
-        ("ours*", "normalize in place (same values, proposed)",
+        ("ours*", "normalize, float().div_().sub_().div_() (same values)",
          batched(lambda k: normalize_in_place(pixels[:count - k]))),
         ("open_clip", "decode (wds pilrgb: PIL load + convert RGB)", lambda: [pil_rgb("jpg", b) for b, _ in raw]),
         ("open_clip", "augment (RRC bicubic, ToTensor, Normalize)", lambda: [preprocess(im) for im in images]),

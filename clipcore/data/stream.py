@@ -57,12 +57,12 @@ class Source:
         """The keys of `shard` to read (None: all), from the kept manifest's rows of that shard only."""
         if self.kept is None:
             return None
-        import polars as pl
+        # pyarrow, not polars: polars' thread pool deadlocks in forked DataLoader workers (measured: a hang)
+        import pyarrow.parquet as pq
 
-        rows = pl.scan_parquet(self.kept).filter(pl.col("shard") == Path(shard).name).select("uid")
-        if self.last_key is not None:
-            rows = rows.filter(pl.col("uid") <= self.last_key)
-        return frozenset(rows.collect()["uid"].to_list()) - self.exclude
+        uids = pq.read_table(self.kept, columns=["uid"], filters=[("shard", "==", Path(shard).name)])["uid"]
+        keys = (u for u in uids.to_pylist() if self.last_key is None or u <= self.last_key)
+        return frozenset(keys) - self.exclude
 
 
 @dataclass(frozen=True)
