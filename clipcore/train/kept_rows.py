@@ -33,9 +33,10 @@ def select_holdout(kept_path: str | Path, holdout_size: int, seed: int) -> pl.Da
     rows = kept.select(pl.len()).collect().item()
     if holdout_size >= rows:
         raise ValueError(f"holdout_size={holdout_size} leaves no training rows out of {rows}")
-    holdout = (kept.with_columns(_h=pl.col("uid").hash(seed)).bottom_k(holdout_size, by=["_h", "uid"])
-               .drop("_h").collect(engine="streaming"))
-    return holdout.sort("uid")
+    # the sort carries only (uid, hash); the held-out rows' other columns are fetched after
+    uids = (kept.select("uid", _h=pl.col("uid").hash(seed)).bottom_k(holdout_size, by=["_h", "uid"])
+            .collect(engine="streaming")["uid"])
+    return kept.filter(pl.col("uid").is_in(uids.implode())).collect(engine="streaming").sort("uid")
 
 
 def training_rows(kept_path: str | Path, holdout: pl.DataFrame, max_rows: int | None) -> KeptRows:
