@@ -94,15 +94,18 @@ def run_ours(spec: StreamSpec, batches: int, batch_size: int, workers: int, norm
     """(seconds to the first batch, seconds from the first batch to the last) of our training loader; with
     `normalize`, each uint8 batch is also normalized to float here, as `TrainingSetup.to_device` does when training
     on the CPU (on a GPU it runs on the device)."""
-    from clipcore.data.images import normalize_uint8
+    from clipcore.config import ModelConfig
+    from clipcore.data.images import channel_stats, normalize_uint8
 
+    model = ModelConfig()
+    stats = channel_stats(model.image_mean, model.image_std, spec.channels)  # as ClipModel.normalize
     start = time.perf_counter()
     loader = step_batches(spec.with_pieces(1), 0, batches, batch_size, 0, 1, [(0, 0)] * spec.streams, workers)
     first = None
     for batch in loader:
         assert batch.pixels.shape[0] == batch_size and batch.ids.shape[0] == batch_size
         if normalize:
-            normalize_uint8(batch.pixels)  # (B, C, S, S) float
+            normalize_uint8(batch.pixels, *stats)  # (B, C, S, S) float
         first = first or time.perf_counter()
     return first - start, time.perf_counter() - first
 
@@ -152,7 +155,8 @@ def per_sample_costs(spec: StreamSpec, shards: list[str], count: int, preprocess
     training process's 2 OpenMP threads mostly measure contention)."""
     from webdataset.autodecode import ImageHandler
 
-    from clipcore.data.images import MEAN, STD, decode_image, normalize_uint8
+    from clipcore.config import ModelConfig
+    from clipcore.data.images import channel_stats, decode_image, normalize_uint8
 
     refs = [(s, r) for s in shards for r in index_shard(s)][:count]
     files = {s: open(s, "rb") for s, _ in refs}  # noqa: SIM115 (closed below)
@@ -166,10 +170,10 @@ def per_sample_costs(spec: StreamSpec, shards: list[str], count: int, preprocess
     threads = torch.get_num_threads()
     pixels = torch.stack(crops[:256])  # (256, C, S, S) uint8
 
-    def normalize_in_place(batch):  # the same arithmetic on one float buffer (what normalize_uint8 does since 3251d3d)
-        return batch.float().div_(255.0).sub_(MEAN).div_(STD)
+    mean, std = channel_stats(ModelConfig().image_mean, ModelConfig().image_std, spec.channels)
 
-    assert torch.equal(normalize_in_place(pixels), normalize_uint8(pixels))  # bitwise the same values
+    def normalize(batch):  # what ClipModel.normalize does
+        return normalize_uint8(batch, mean, std)
 
     def seeded_crops():  # as decode_sample: a generator seeded by the sample's place, then the crop
         for i, image in enumerate(images):
@@ -186,9 +190,7 @@ def per_sample_costs(spec: StreamSpec, shards: list[str], count: int, preprocess
         ("ours", "collate (torch.stack of 256 uint8 crops)", batched(lambda k: torch.stack(crops[k:k + 256]))),
         ("ours", "index shard headers (index_shard, once per epoch)",
          lambda: [index_shard(s) for s in sorted(files)]),
-        ("ours*", "normalize uint8 -> float (normalize_uint8)", batched(lambda k: normalize_uint8(pixels[:count - k]))),
-        ("ours*", "normalize, float().div_().sub_().div_() (same values)",
-         batched(lambda k: normalize_in_place(pixels[:count - k]))),
+        ("ours*", "normalize uint8 -> float (normalize_uint8)", batched(lambda k: normalize(pixels[:count - k]))),
         ("open_clip", "decode (wds pilrgb: PIL load + convert RGB)", lambda: [pil_rgb("jpg", b) for b, _ in raw]),
         ("open_clip", "augment (RRC bicubic, ToTensor, Normalize)", lambda: [preprocess(im) for im in images]),
         ("open_clip", "tokenize (SimpleTokenizer per sample)", lambda: [oc_tokenizer(c) for c in captions]),

@@ -137,7 +137,6 @@ def worker(args) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from clipcore.config import LossConfig, TrainConfig
-    from clipcore.data.images import normalize_uint8
     from clipcore.train.distributed import is_distributed, mean_over_processes, rank_and_world
     from clipcore.train.loop import build_optimizer, compute_loss, resolve_device
     from clipcore.train.losses import LOSSES
@@ -152,7 +151,7 @@ def worker(args) -> None:
     forward = DistributedDataParallel(model) if is_distributed() else model  # as train_clip does
     optimizer = build_optimizer(model, TrainConfig(), fused=device.type == "cuda")
     loss_fn = compute_loss if args.variant == "ours" else full_matrix_loss
-    pixels = normalize_uint8(images).to(device)  # (B, 1, H, W)
+    pixels = model.normalize(images).to(device)  # (B, 1, H, W)
     ids = ids.to(device)  # (B, L)
     del images
 

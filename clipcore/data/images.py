@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +13,8 @@ if TYPE_CHECKING:  # torch and torchvision load lazily: ingestion workers decode
     import torch
     from torchvision.transforms import v2
 
-MEAN, STD = 0.5, 0.5  # maps [0, 1] pixels to [-1, 1]
+LEGACY_MEAN, LEGACY_STD = (0.5,), (0.5,)
+"""What checkpoints written before `model.image_mean`/`image_std` existed were trained with ([0, 1] -> [-1, 1])."""
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 """PIL modes holding one color channel (16-bit `I;16*` modes too); they become `L`, every other mode `RGB`."""
 
@@ -90,9 +92,42 @@ def build_resize(image_size: int, channels: int) -> v2.Compose:
                        v2.CenterCrop(image_size)])
 
 
-def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Normalize a (B, H, W) or (B, C, H, W) uint8 batch (from `build_resize` or the IDX files) to the model's
-    float input."""
+def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[tuple[float, ...], ...]:
+    """(mean, std) with one value per model channel: one value serves every channel; three RGB values serve a
+    1-channel model as their average.
+
+    Raises:
+        ValueError: a count other than 1, 3 or `channels`, or a standard deviation <= 0.
+    """
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise ValueError(f"model.image_mean and model.image_std need 1 or 3 values each, got {list(mean)} and "
+                         f"{list(std)}")
+    if min(std) <= 0:
+        raise ValueError(f"model.image_std must be > 0, got {list(std)}")
+    if len(mean) == channels:
+        return tuple(mean), tuple(std)
+    if len(mean) == 1:
+        return tuple(mean) * channels, tuple(std) * channels
+    return (sum(mean) / 3,), (sum(std) / 3,)
+
+
+def normalize_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalize a (B, H, W) or (B, C, H, W) uint8 batch (from `build_resize` or the IDX files) to float
+    `(x / 255 - mean[c]) / std[c]`, with one `mean`/`std` value per output channel (see `channel_stats`): a gray batch
+    is repeated to 3 channels, an RGB batch averaged to 1 (as `fit_pixels` would) before it is normalized."""
+    import torch
+
     if images.ndim == 3:
         images = images[:, None]  # (B, 1, H, W)
-    return images.float().div_(255.0).sub_(MEAN).div_(STD)  # in place: one float copy, the same values
+    channels = len(mean)
+    if images.shape[1] == 1 and channels > 1:
+        images = images.expand(-1, channels, -1, -1)
+    pixels = images.float().div_(255.0)  # in place from here: one float copy
+    if pixels.shape[1] != channels:
+        if channels != 1:
+            raise ValueError(f"images have {pixels.shape[1]} channels; the model takes {channels}")
+        pixels = pixels.mean(dim=1, keepdim=True)
+    shape = (1, channels, 1, 1)
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(shape)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(shape)
+    return pixels.sub_(mean_t).div_(std_t)

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from clipcore.data.images import normalize_uint8
 from clipcore.data.labeled_sets import Batch, LabeledSet
 from clipcore.evaluate.linear_probe import linear_probe
 from clipcore.evaluate.metric_names import ZERO_SHOT
@@ -46,7 +45,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def encode_image_batch(model: ClipModel, images: torch.Tensor) -> torch.Tensor:
     """(B, C, S, S) or (B, S, S) uint8 images -> (B, D) float32 unit-norm embeddings on the model's device."""
     device = model_device(model)
-    pixels = normalize_uint8(images.to(device, non_blocking=True))  # uint8 travels: 4x fewer bytes than floats
+    pixels = model.normalize(images.to(device, non_blocking=True))  # uint8 travels: 4x fewer bytes than floats
     with _autocast(device):
         return model.encode_image(pixels).float()
 

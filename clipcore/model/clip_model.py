@@ -18,6 +18,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 from clipcore.config import ModelConfig, from_dict
+from clipcore.data.images import LEGACY_MEAN, LEGACY_STD, channel_stats, normalize_uint8
 from clipcore.model.prompts import load_templates
 from clipcore.model.tokenizer import EOT, PAD, SOT, load_tokenizer
 from clipcore.model.towers import (
@@ -87,6 +88,12 @@ class ClipModel(nn.Module):
     @property
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale if self.joint else self.log_scale
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C', H, W) or (B, H, W) uint8 images -> (B, C, H, W) float input of `encode_image`, normalized with the
+        model's own `image_mean` / `image_std`."""
+        return normalize_uint8(images, *channel_stats(self.config.image_mean, self.config.image_std,
+                                                      self.config.channels))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, S', S') normalized pixels -> (B, D) unit-norm embeddings (other sizes and channel counts are fitted
@@ -186,7 +193,10 @@ def checkpoint_templates(directory: str | Path) -> list[str]:
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[ClipModel, Tokenizer]:
     """Load what `save_checkpoint` wrote (never reading the pretrained folders); the model comes back in eval mode."""
     directory = Path(directory)
-    config = from_dict(ModelConfig, json.loads((directory / "config.json").read_text()), "config.json")
+    stored = json.loads((directory / "config.json").read_text())
+    if "image_mean" not in stored:  # written before the normalization was stored: trained with [-1, 1] pixels
+        stored.update(image_mean=LEGACY_MEAN, image_std=LEGACY_STD)
+    config = from_dict(ModelConfig, stored, "config.json")
     tokenizer = load_tokenizer(directory / "tokenizer.json", config.context_length)
     towers = directory / "towers.json"
     model = build_model(config, tokenizer, architecture=json.loads(towers.read_text()) if towers.exists() else {})

@@ -12,6 +12,7 @@ Pretrained weights are read only when a model is first built; a checkpoint store
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def resolve_model_config(config: ModelConfig) -> ModelConfig:
         return config
     clip = CLIPConfig.from_pretrained(config.pretrained)
     text, vision = clip.text_config, clip.vision_config
+    processor = Path(config.pretrained) / "preprocessor_config.json"  # the checkpoint's own pixel statistics
+    stats = json.loads(processor.read_text()) if processor.exists() else {}
     if config.context_length > text.max_position_embeddings:
         raise ValueError(f"model.context_length={config.context_length} > the pretrained text tower's "
                          f"{text.max_position_embeddings} positions")
@@ -77,6 +80,8 @@ def resolve_model_config(config: ModelConfig) -> ModelConfig:
         vision_width=vision.hidden_size, vision_layers=vision.num_hidden_layers,
         vision_heads=vision.num_attention_heads, text_width=text.hidden_size, text_layers=text.num_hidden_layers,
         text_heads=text.num_attention_heads, vocab_size=text.vocab_size, embed_dim=clip.projection_dim,
+        image_mean=tuple(stats.get("image_mean", config.image_mean)),
+        image_std=tuple(stats.get("image_std", config.image_std)),
     )
 
 

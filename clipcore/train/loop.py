@@ -18,7 +18,6 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from clipcore.config import LossConfig, TrainConfig
-from clipcore.data.images import normalize_uint8
 from clipcore.data.stream import StreamSpec
 from clipcore.model.clip_model import ClipModel
 from clipcore.model.margins import margin_diagnostics
@@ -231,7 +230,7 @@ class TrainingSetup:
     def to_device(self, batch: Batch) -> Batch:
         """The batch's pixels (normalized there: uint8 crosses to the GPU, a quarter of float32) and ids on the
         training device, pixels in the configured memory format."""
-        pixels = normalize_uint8(batch.pixels.to(self.device, non_blocking=True))  # (B, C, H, W) float
+        pixels = self.model.normalize(batch.pixels.to(self.device, non_blocking=True))  # (B, C, H, W) float
         ids = batch.ids.to(self.device, non_blocking=True)  # (B, L)
         return replace(batch, pixels=pixels.contiguous(memory_format=self.memory_format), ids=ids)
 

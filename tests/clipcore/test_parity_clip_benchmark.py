@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clipcore.config import LossConfig, ModelConfig, TrainConfig
 from clipcore.data.fashion_mnist import read_idx
-from clipcore.data.images import build_resize, normalize_uint8
+from clipcore.data.images import build_resize
 from clipcore.data.labeled_sets import tensor_set
 from clipcore.evaluate.evaluation import evaluate_model
 from clipcore.model.clip_model import build_model
@@ -72,7 +72,7 @@ def test_zero_shot_and_retrieval_match_clip_benchmark(trained, tiny_data, monkey
     def tokenizer(texts):
         return tokenize(tok, list(texts))
 
-    test_pixels = normalize_uint8(test_images)
+    test_pixels = model.normalize(test_images)
     dataset = TensorDataset(test_pixels, torch.from_numpy(test_labels))
     dataset.classes = classes  # CLIP_benchmark reads the class list off the dataset
     loader = DataLoader(dataset, batch_size=250)
@@ -84,7 +84,7 @@ def test_zero_shot_and_retrieval_match_clip_benchmark(trained, tiny_data, monkey
     assert ours["zero_shot_mean_per_class_recall"] == pytest.approx(theirs["mean_per_class_recall"], abs=1e-3)
     assert 0.12 < ours["zero_shot_top1"] < 1.0  # a trained model (chance is 0.1): parity is not a trivial 0 == 0
 
-    pixels = normalize_uint8(images[pairs])
+    pixels = model.normalize(images[pairs])
     items = [(pixels[n], [captions[j]]) for n, j in enumerate(pairs)]  # each image with its list of captions
     loader = DataLoader(items, batch_size=50, collate_fn=lambda b: (torch.stack([x[0] for x in b]), [x[1] for x in b]))
     theirs = retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])

@@ -83,3 +83,35 @@ def test_streamed_holdout_is_the_lowest_hashes_and_never_trains(tmp_path):
     assert rows.rows == 4900 and rows.holdout == frozenset(holdout["uid"])
     capped = training_rows(kept, holdout, max_rows=10)
     assert capped.rows == 10 and capped.last_key == sorted(set(uids) - rows.holdout)[9]
+
+
+KEPT_WITH_WORKERS = """
+import sys, polars as pl, torch
+from clipcore.data.stream import Source, StreamSpec
+from clipcore.train.batches import step_batches
+from tests.clipcore.pairs import write_shards
+from clipcore.model.tokenizer import train_tokenizer
+root = sys.argv[1]
+images = torch.arange(256, dtype=torch.uint8)[:, None, None].expand(-1, 8, 8).contiguous()  # sample i: all pixels i
+captions = [f"caption {i}" for i in range(256)]
+shards = write_shards(__import__("pathlib").Path(root) / "shards", images, captions, shard_size=64)
+pl.DataFrame({"uid": [f"{i:09d}" for i in range(1, 256, 2)], "shard": [f"{i // 64:05d}.tar" for i in range(1, 256, 2)]}
+             ).lazy().collect().write_parquet(f"{root}/kept.parquet")  # polars' thread pool runs in the parent
+tokenizer = train_tokenizer(captions, vocab_size=300, context_length=8)
+tokenizer.save(f"{root}/tok.json")
+spec = StreamSpec(sources=(Source(shards, kept=f"{root}/kept.parquet"),), image_size=8, channels=1,
+                  tokenizer_path=f"{root}/tok.json", context_length=8, streams=2, augment_scale=None).with_pieces(1)
+seen = [int(v) for b in step_batches(spec, 0, 8, 16, 0, 1, [(0, 0)] * 2, workers=2) for v in b.pixels[:, 0, 0, 0]]
+print(sorted(seen) == list(range(1, 256, 2)), len(seen))
+"""
+
+
+def test_kept_manifest_read_in_forked_workers_after_the_parent_used_polars(tmp_path):
+    """Regression: reading the kept manifest with polars in forked DataLoader workers, after the parent had used
+    polars, hung forever. 2 workers read one epoch of a manifest keeping the odd samples: each exactly once, no hang."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KEPT_WITH_WORKERS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["True", "128"]

@@ -1,5 +1,7 @@
 """Tokenizer and checkpoint round trips."""
 
+import json
+
 import torch
 
 from clipcore.config import ModelConfig
@@ -54,3 +56,28 @@ def test_text_embedding_ignores_padding():
     changed[0, -1] = 7  # a different token after <eot> must not matter: causal mask, pooled at <eot>
     with torch.no_grad():
         assert torch.allclose(model.encode_text(ids), model.encode_text(changed), atol=1e-6)
+
+
+def test_normalization_follows_the_model_and_an_old_checkpoint_keeps_its_own(tmp_path):
+    """OpenAI CLIP's mean/std by default (their average for a 1-channel model), gray repeated for an RGB model,
+    torchvision's Normalize as the reference; a checkpoint saved without statistics loads with the [-1, 1] it was
+    trained with."""
+    from torchvision.transforms.v2.functional import normalize
+
+    tok = train_tokenizer(CAPTIONS, vocab_size=300, context_length=8)
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    gray = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8)
+    rgb_model = build_model(ModelConfig(channels=3, vocab_size=300, context_length=8), tok)
+    want = normalize(gray[:, None].expand(-1, 3, -1, -1).float() / 255, mean, std)
+    torch.testing.assert_close(rgb_model.normalize(gray), want, atol=1e-6, rtol=0)
+    gray_model = build_model(ModelConfig(vocab_size=300, context_length=8), tok)
+    want = (gray[:, None].float() / 255 - sum(mean) / 3) / (sum(std) / 3)
+    torch.testing.assert_close(gray_model.normalize(gray), want, atol=1e-6, rtol=0)
+
+    save_checkpoint(tmp_path / "old", gray_model, tok)
+    config = (tmp_path / "old" / "config.json")
+    stored = json.loads(config.read_text())
+    del stored["image_mean"], stored["image_std"]  # as written before the statistics were stored
+    config.write_text(json.dumps(stored))
+    old, _ = load_checkpoint(tmp_path / "old")
+    torch.testing.assert_close(old.normalize(gray), gray[:, None].float() / 127.5 - 1, atol=1e-6, rtol=0)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
 from clipcore.config import LossConfig, ModelConfig, TrainConfig, load_params
 from clipcore.model.clip_model import build_model, load_checkpoint, save_checkpoint
@@ -205,3 +205,17 @@ def test_example_configs_load(name):
             512, 12, 8, 77, 49408, 512)
     else:
         assert config.model.text_tower == "minilm" and config.model.lock_text
+
+
+def test_pretrained_directory_brings_its_own_pixel_statistics(tmp_path):
+    """A CLIP directory's preprocessor_config.json sets the normalization: our uint8 -> float equals its
+    CLIPImageProcessor's rescale + normalize on the same pixels."""
+    directory = save_tiny_hf_clip(tmp_path / "hf_clip")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                   image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.25, 0.125])
+    processor.save_pretrained(directory)
+    model, _ = tiny_model(context_length=12, pretrained=str(directory))
+    assert (model.config.image_mean, model.config.image_std) == ((0.1, 0.2, 0.3), (0.5, 0.25, 0.125))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    want = processor(images=list(images), do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(model.normalize(images), want, atol=1e-6, rtol=0)
