@@ -8,16 +8,10 @@ Every size reads a prefix of one set of shards (10k samples per shard by default
 the largest peak RSS of a DataLoader worker and the largest sum over the process tree (psutil, sampled every 50 ms;
 forked workers share pages with their parent, so the sum overcounts), and wall seconds.
 
-Variants (`--variants`):
-- `this/0`: this code, `train.workers=0` (the stream read in the training process; the default params);
-- `this/W`: this code with `--workers` DataLoader workers, run under `--hang-timeout` (see the fork check below);
-- `fixed/W`: the same with `Source.keys` read through pyarrow instead of polars (the fix this benchmark proposes;
-  patched in the child process only, no library file changes);
-- `before/W`: with `--before SRC`, a checkout of the in-memory implementation (e.g. `git worktree add
-  /tmp/clip-0dfef4f 0dfef4f`; its `run_pretraining` takes the kept DataFrame and `train.epochs`, set for the same
-  steps), at `--before-sizes` only.
-It ends with the cost of one kept-key lookup (`Source.keys`, made per shard piece per epoch by each stream) at each
-size, and a fork check: a kept-manifest read in a forked child after the parent collected a polars query.
+Variants (`--variants`): `this/0` (this code, `train.workers=0`: the stream read in the training process),
+`this/W` (this code with `--workers` DataLoader workers) and, with `--before SRC`, `before/W`: a checkout of the
+in-memory implementation (e.g. `git worktree add /tmp/clip-0dfef4f 0dfef4f`; its `run_pretraining` takes the kept
+DataFrame and `train.epochs`, set for the same steps) at `--before-sizes` only.
 
     .venv/bin/python benchmarks/memory_vs_dataset_size.py --sizes 50000 250000 1000000 \
         --before /tmp/clip-0dfef4f --before-sizes 50000 250000
@@ -43,21 +37,7 @@ from PIL import Image
 WORDS = ["red", "blue", "green", "cotton", "vintage", "summer", "classic", "coat", "shirt", "bag", "sneaker", "dress",
          "boot", "wool", "leather", "striped", "black", "white", "long", "short", "sleeve", "pocket", "slim", "loose"]
 
-PYARROW_KEYS = r"""
-from pathlib import Path
-import pyarrow.parquet as pq
-def pyarrow_keys(self, shard):
-    # Source.keys through pyarrow: Arrow restarts its thread pools in a forked child (polars' do not)
-    if self.kept is None:
-        return None
-    filters = [("shard", "==", Path(shard).name)]
-    if self.last_key is not None:
-        filters.append(("uid", "<=", self.last_key))
-    table = pq.read_table(self.kept, columns=["uid"], filters=filters)
-    return frozenset(table.column("uid").to_pylist()) - self.exclude
-"""
-
-CHILD = PYARROW_KEYS + r"""
+CHILD = r"""
 import json, resource, sys, threading, time
 import polars as pl, psutil
 kept, shard_root, out, steps, batch, workers, train_rows, mode = sys.argv[1:9]
@@ -65,9 +45,6 @@ steps, batch, workers, train_rows = int(steps), int(batch), int(workers), int(tr
 import clipcore
 from clipcore.config import ModelConfig, PipelineConfig, TrainConfig
 from clipcore.train.stage import run_pretraining
-if mode == "fixed":
-    from clipcore.data import stream
-    stream.Source.keys = pyarrow_keys  # forked DataLoader workers inherit the patch
 me, peaks, done = psutil.Process(), {"worker": 0, "tree": 0, "workers_seen": 0}, threading.Event()
 def sample():  # the DataLoader workers' resident memory, largest seen, and the whole tree's
     while not done.wait(0.05):
@@ -104,76 +81,6 @@ print(json.dumps({"code": clipcore.__file__, "steps": result.result.steps, "trai
                   "worker_mib": peaks["worker"] / 2**20, "tree_mib": peaks["tree"] / 2**20,
                   "workers_seen": peaks["workers_seen"], "skipped": getattr(result.result, "skipped_samples", 0)}))
 """
-
-KEYS_CHILD = PYARROW_KEYS + r"""
-import json, resource, sys, time
-from clipcore.data.stream import Source
-kept, shard, name = sys.argv[1:4]
-source = Source((shard,), kept=kept)
-keys = {"polars": Source.keys, "pyarrow": pyarrow_keys}[name]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-times = []
-for _ in range(3):
-    start = time.perf_counter()
-    found = keys(source, shard)
-    times.append(time.perf_counter() - start)
-print(json.dumps({"keys": len(found), "seconds": sorted(times)[1],
-                  "peak_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
-"""
-
-PHASES_CHILD = r"""
-import resource, sys
-import torch, transformers, polars as pl
-from clipcore.train.kept_rows import iter_captions, kept_shards, select_holdout, training_rows
-from clipcore.model.tokenizer import train_tokenizer
-kept, how = sys.argv[1:3]
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-marks = [("imports", peak())]
-if how == "two-pass":  # the proposed holdout: bottom-k of (hash, uid) alone, then the 1000 rows by uid
-    lf = pl.scan_parquet(kept)
-    uids = (lf.select(pl.col("uid"), _h=pl.col("uid").hash(0)).bottom_k(1000, by=["_h", "uid"])
-            .collect(engine="streaming")["uid"])
-    holdout = lf.filter(pl.col("uid").is_in(uids.implode())).collect(engine="streaming").sort("uid")
-    marks.append(("holdout", peak()))
-else:
-    holdout = select_holdout(kept, 1000, 0)
-    marks.append(("select_holdout", peak()))
-    rows = training_rows(kept, holdout, None)
-    marks.append(("training_rows", peak()))
-    kept_shards(kept, "shards")
-    marks.append(("kept_shards", peak()))
-    train_tokenizer(iter_captions(rows), 400, 16)
-    marks.append(("train_tokenizer", peak()))
-print(" | ".join(f"{name} {mib:.0f}" for name, mib in marks), end="")
-if how == "two-pass" and "--check" in sys.argv:  # after the peaks were read
-    print(" (the same rows as select_holdout: %s)" % holdout.equals(select_holdout(kept, 1000, 0)), end="")
-print()
-"""
-
-FORK_CHILD = PYARROW_KEYS + r"""
-import os, sys, time
-import polars as pl
-from clipcore.data.stream import Source
-kept, shard = sys.argv[1:3]
-source = Source((shard,), kept=kept)
-pl.scan_parquet(kept).select(pl.len()).collect()  # the training process uses polars before forking its workers
-for name, keys in [("Source.keys (polars)", Source.keys), ("pyarrow read", pyarrow_keys)]:
-    pid = os.fork()
-    if pid == 0:  # as a forked DataLoader worker
-        keys(source, shard)
-        os._exit(0)
-    deadline = time.time() + 30
-    while time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
-        time.sleep(0.1)
-    if time.time() >= deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        print(f"  {name} in a forked child: HUNG (killed after 30 s)", flush=True)
-    else:
-        print(f"  {name} in a forked child: returned", flush=True)
-"""
-
 
 def synthetic_jpegs(rng: np.random.Generator, count: int, size: int) -> list[bytes]:
     """`count` size x size RGB JPEGs (quality 90): smooth random colour fields with mild noise."""
@@ -256,9 +163,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=["this/0", "this/W", "fixed/W", "before/W"])
-    parser.add_argument("--hang-timeout", type=float, default=300, help="seconds before a this/W run counts as hung")
-    parser.add_argument("--hang-sizes", type=int, nargs="*", default=[50_000], help="sizes this/W runs at")
+    parser.add_argument("--variants", nargs="+", default=["this/0", "this/W", "before/W"])
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a run counts as hung")
     parser.add_argument("--before", type=Path, help="a checkout of the in-memory implementation (e.g. 0dfef4f)")
     parser.add_argument("--before-sizes", type=int, nargs="*", default=[50_000])
     args = parser.parse_args()
@@ -286,12 +192,10 @@ def main() -> None:
         for variant in args.variants:
             mode, workers = variant.split("/")
             workers = args.workers if workers == "W" else int(workers)
-            if (mode == "before" and (args.before is None or size not in args.before_sizes)) or (
-                    variant == "this/W" and size not in args.hang_sizes):
+            if mode == "before" and (args.before is None or size not in args.before_sizes):
                 continue
-            timeout = args.hang_timeout if mode == "this" and workers else None
             r = measure(mode, args.before if mode == "before" else None, kept, shard_root, args.steps,
-                        args.batch_size, workers, size - 1000, timeout)
+                        args.batch_size, workers, size - 1000, args.timeout)
             results[variant, size] = r
             print(report_row(variant, size, r), flush=True)
     print()
@@ -307,35 +211,6 @@ def main() -> None:
             verdict = "within" if abs(growth) <= 0.10 else "NOT within"
             print(f"{variant}: {label} peak at {large} vs {small} samples: {growth:+.1%} ({verdict} 10%)")
 
-    print("\none kept-key lookup (Source.keys: one shard's uids from kept.parquet), made per shard piece per epoch "
-          "by each stream, in a fresh process:")
-    for size in args.sizes:
-        cells = []
-        for name in ("polars", "pyarrow"):  # each in its own process (ru_maxrss only grows)
-            command = [sys.executable, "-W", "ignore", "-c", KEYS_CHILD, str(args.root / f"kept-{size}.parquet"),
-                       str(shard_root / names[0]), name]
-            r = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-            cells.append(f"{name} {r['keys']} keys in {r['seconds'] * 1e3:.0f} ms, peak RSS "
-                         f"+{r['peak_growth_mib']:.0f} MiB (first call included)")
-        print(f"  kept rows {size:>9}: " + "; ".join(cells) + f"; x {-(-size // args.shard_size)} shards per epoch")
-    print("\nthe training process before training, peak RSS MiB after each step of run_pretraining's preamble (fresh "
-          "process each; 4M: the 1M manifest four times, uids prefixed; the proposed two-pass holdout selects the same "
-          "rows, checked at the smallest size):")
-    big = args.root / "kept-4000000.parquet"
-    if not big.exists():
-        m = pl.read_parquet(args.root / "manifest.parquet")
-        pl.concat([m.with_columns(uid=pl.lit(str(k)) + pl.col("uid")) for k in range(4)]).write_parquet(big)
-    for kept in [args.root / f"kept-{size}.parquet" for size in args.sizes] + [big]:
-        for how in ("current", "two-pass"):
-            command = [sys.executable, "-W", "ignore", "-c", PHASES_CHILD, str(kept), how]
-            command += ["--check"] if kept.name == f"kept-{min(args.sizes)}.parquet" else []
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
-            print(f"  {kept.name:<21} {how:<9} {out}")
-    print("\nfork check: after the parent collected a polars query (as run_pretraining does before its DataLoader "
-          "forks), one kept-key lookup in a forked child:")
-    command = [sys.executable, "-W", "ignore", "-c", FORK_CHILD, str(args.root / f"kept-{min(args.sizes)}.parquet"),
-               str(shard_root / names[0])]
-    print(subprocess.run(command, capture_output=True, text=True, check=True).stdout, end="")
     print()
     for (variant, size), r in results.items():
         if "hung" not in r:
