@@ -35,6 +35,19 @@ class LabeledSet:
             raise ValueError(f"batch size {batch_size} is not >= 1")
         return self.read(batch_size)
 
+    def pick(self, indices: set[int], batch_size: int = 1_000) -> dict[int, torch.Tensor]:
+        """The images at `indices` (a few report thumbnails), read batch by batch: memory follows the batch size."""
+        found, first = {}, 0
+        for images, _ in self.batches(batch_size):
+            found.update({i: images[i - first].clone() for i in indices if first <= i < first + len(images)})
+            first += len(images)
+            if len(found) == len(indices):
+                break
+        missing = sorted(set(indices) - set(found))
+        if missing:
+            raise ValueError(f"the labeled set has {first} images; no image {missing[0]}")
+        return found
+
     def load(self, batch_size: int = 1_000) -> Batch:
         """The whole set in memory: for a handful of report thumbnails, never for evaluating a set."""
         batches = list(self.batches(batch_size))

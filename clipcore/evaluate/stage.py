@@ -38,13 +38,6 @@ def open_test_set(e: EvalConfig, m: ModelConfig) -> LabeledSet:
     return idx_set(e.test_images, e.test_labels, names, e.max_test_images)
 
 
-def load_test_set(e: EvalConfig, m: ModelConfig) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """The whole test set in memory: uint8 images, labels and class names (the report's thumbnails; evaluation
-    reads `open_test_set` in batches)."""
-    labeled = open_test_set(e, m)
-    return (*labeled.load(e.batch_size), labeled.class_names)
-
-
 def load_holdout(holdout_path: str | Path, shard_root: str | Path, m: ModelConfig,
                  uids: list[str] | None = None) -> tuple[list[str], torch.Tensor, list[str]]:
     """The pretrain stage's held-out (uid, image, caption) rows (only `uids` when given), read from the shards."""

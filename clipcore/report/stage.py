@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipcore.config import EvalConfig, ModelConfig
-from clipcore.evaluate.stage import load_holdout, load_test_set
+from clipcore.evaluate.stage import load_holdout, open_test_set
 from clipcore.report.render import ReportInputs, render_report, render_summary
 
 
@@ -43,8 +43,10 @@ def comparison_rows(decision: dict) -> list[dict]:
 
 def confused_examples(details: dict, src: ReportSources) -> list[dict]:
     """The most confused class pairs with a few of the test images behind each."""
-    images = load_test_set(src.test_set, src.model)[0].numpy()  # (N, C, S, S) or (N, S, S) uint8
-    return [{**pair, "images": [images[i] for i in pair["examples"]]} for pair in details.get("confused_pairs", [])]
+    pairs = details.get("confused_pairs", [])
+    wanted = {i for pair in pairs for i in pair["examples"]}
+    images = open_test_set(src.test_set, src.model).pick(wanted, src.test_set.batch_size) if wanted else {}
+    return [{**pair, "images": [images[i].numpy() for i in pair["examples"]]} for pair in pairs]
 
 
 def retrieval_examples(details: dict, src: ReportSources) -> list[dict]:

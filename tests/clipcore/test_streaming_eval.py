@@ -17,7 +17,7 @@ from clipcore.config import EvalConfig, ModelConfig, PipelineConfig, apply_overr
 from clipcore.data.labeled_sets import LabeledSet, idx_set, tensor_set
 from clipcore.evaluate.evaluation import evaluate_model, resolve_device, zero_shot
 from clipcore.evaluate.metric_names import CONTRACT, GATE, LINEAR_PROBE
-from clipcore.evaluate.stage import load_test_set, run_evaluation, zero_shot_on_test_set
+from clipcore.evaluate.stage import open_test_set, run_evaluation, zero_shot_on_test_set
 from clipcore.evaluate.zero_shot import ClassificationTally
 from clipcore.ingest.stage import ShardWriter
 from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
@@ -228,6 +228,9 @@ def test_evaluate_stage_streams_the_test_set_and_keeps_its_outputs(idx_files, mo
         pair["examples"] == examples[CLASSES.index(pair["true"]), CLASSES.index(pair["predicted"])]
         for pair in details["confused_pairs"])
     assert zero_shot_on_test_set(checkpoint, e) == {k: metrics[k] for k in GATE}
-    loaded, loaded_labels, names = load_test_set(e, result.model_config)
-    assert torch.equal(loaded, torch.from_numpy(images)) and loaded_labels.tolist() == labels.tolist()
-    assert names == CLASSES
+    test_set = open_test_set(e, result.model_config)
+    picked = test_set.pick({0, 7, 150, 202}, batch_size=40)  # across batches, as the report's thumbnails
+    assert all(torch.equal(picked[i], torch.from_numpy(images[i])) for i in (0, 7, 150, 202))
+    assert test_set.class_names == CLASSES
+    with pytest.raises(ValueError, match="has 203 images; no image 203"):
+        test_set.pick({5, 203})
