@@ -26,6 +26,8 @@ from clipcore.filter.rules import apply_clip_score, filter_manifest, funnel
 # model URI -> (embed image bytes, embed texts), each returning (N, D) arrays
 EmbeddersLoader = Callable[[str], tuple[Callable, Callable]]
 KEPT, REJECTED, FUNNEL = "kept.parquet", "rejected.parquet", "funnel.json"
+KEPT_ROW_GROUP = 65_536
+"""Rows per row group of kept.parquet: a shard's key lookup reads only the groups whose `shard` range holds it."""
 PAIR_KEY = "clipcore.filter.pair"
 """Key of the pair id in both parquet files' key-value metadata (and in funnel.json)."""
 WORK_PREFIX = ".writing-"  # the private folder a run writes in before publishing
@@ -67,6 +69,7 @@ def run_filter(ingest_dir: str | Path, config: FilterConfig, out: str | Path,
         kept, rejected, cut = apply_clip_score(kept, rejected, scores, clip)
         extra = {"clip_score_model": clip.model, "clip_score_cut": cut}
     rejected = rejected.sort("uid")
+    kept = kept.sort("shard", "uid")  # one shard's rows together: readers of a shard's keys skip the other row groups
     counts = {**funnel(manifest, kept, rejected), **extra}
     publish_outputs(out, kept, rejected, counts)
     return FilterResult(counts, kept, rejected)
@@ -90,7 +93,7 @@ def publish_outputs(out: Path, kept: pl.DataFrame, rejected: pl.DataFrame, count
     pair = pair_id(kept, rejected)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out))  # same filesystem as `out`: renames are atomic
     try:
-        kept.write_parquet(work / KEPT, metadata={PAIR_KEY: pair})
+        kept.write_parquet(work / KEPT, metadata={PAIR_KEY: pair}, row_group_size=KEPT_ROW_GROUP)
         rejected.write_parquet(work / REJECTED, metadata={PAIR_KEY: pair})
         (work / FUNNEL).write_text(json.dumps({**counts, "pair": pair}, indent=2))
         for name in (KEPT, REJECTED, FUNNEL):
