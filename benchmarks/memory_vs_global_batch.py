@@ -137,8 +137,9 @@ def worker(args) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from clipcore.config import LossConfig, TrainConfig
+    from clipcore.model.device import resolve_device
     from clipcore.train.distributed import is_distributed, mean_over_processes, rank_and_world
-    from clipcore.train.loop import build_optimizer, compute_loss, resolve_device
+    from clipcore.train.loop import build_optimizer, compute_loss
     from clipcore.train.losses import LOSSES
 
     torch.set_num_threads(1)

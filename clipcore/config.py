@@ -227,10 +227,10 @@ class ModelConfig:
     pretrained: str = ""
     """A local Hugging Face CLIP directory (`save_pretrained` layout): its config, weights and tokenizer define both
     towers and override the architecture fields above; empty: build from this config."""
-    image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    image_mean: tuple[float, ...] = bounded((0.48145466, 0.4578275, 0.40821073), ge=0, le=1)
     """Per-channel mean the [0, 1] pixels are normalized with (OpenAI CLIP's RGB constants; a 1-channel model uses
     their average). A `pretrained` directory's `preprocessor_config.json` overrides it; stored with the checkpoint."""
-    image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    image_std: tuple[float, ...] = bounded((0.26862954, 0.26130258, 0.27577711), gt=0)
     """Per-channel standard deviation, as `image_mean`."""
 
 

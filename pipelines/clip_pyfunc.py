@@ -23,9 +23,11 @@ class ClipPyfunc(PythonModel):
 
     def load_context(self, context):
         from clipcore.model.clip_model import checkpoint_templates, load_checkpoint
+        from clipcore.model.device import resolve_device
 
         checkpoint = context.artifacts["checkpoint"]
         self.model, self.tokenizer = load_checkpoint(checkpoint)
+        self.model.to(resolve_device("auto"))  # the GPU when there is one (bf16 autocast there), else the CPU
         self.templates = checkpoint_templates(checkpoint)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):

@@ -23,15 +23,6 @@ from clipcore.model.margins import margin_diagnostics
 from clipcore.model.tokenizer import tokenize
 
 
-def resolve_device(name: str, setting: str = "eval.device") -> torch.device:
-    """`auto` picks CUDA when present, else the CPU; `cuda` without a CUDA device is an error naming `setting`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{setting}=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def _autocast(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA (as training); the CPU computes in float32, exactly as the naive references."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

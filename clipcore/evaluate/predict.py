@@ -99,4 +99,4 @@ def zero_shot_probabilities(model: ClipModel, tokenizer: Tokenizer, image_emb: t
                             templates: list[str]) -> torch.Tensor:
     """(N, C) softmax over `labels` of the learned-scale cosine logits against prompt-ensembled classifiers."""
     classifier = class_embeddings(model, tokenizer, labels, templates)
-    return (model.scale() * image_emb @ classifier.T).softmax(-1)
+    return (model.scale().float().cpu() * image_emb @ classifier.T).softmax(-1)  # embeddings come back on the CPU

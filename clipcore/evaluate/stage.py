@@ -16,12 +16,12 @@ from clipcore.data.layout import shard_paths
 from clipcore.data.shards import load_samples
 from clipcore.evaluate.evaluation import (
     evaluate_model,
-    resolve_device,
     top_confusions,
     zero_shot,
     zero_shot_metrics,
 )
 from clipcore.model.clip_model import checkpoint_templates, load_checkpoint
+from clipcore.model.device import resolve_device
 from clipcore.model.prompts import load_class_names
 
 TOP_K_EXAMPLES = 5
@@ -51,7 +51,7 @@ def load_holdout(holdout_path: str | Path, shard_root: str | Path, m: ModelConfi
 def zero_shot_on_test_set(checkpoint: str | Path, e: EvalConfig) -> dict[str, float]:
     """A checkpoint's zero-shot metrics (the promotion gate's) on the configured test set, with its own templates."""
     model, tokenizer = load_checkpoint(checkpoint)
-    model.to(resolve_device(e.device))
+    model.to(resolve_device(e.device, "eval.device"))
     metrics, _ = zero_shot(model, tokenizer, open_test_set(e, model.config), checkpoint_templates(checkpoint),
                            e.batch_size)
     return zero_shot_metrics(metrics)
@@ -71,7 +71,7 @@ def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_checkpoint(checkpoint)
-    model.to(resolve_device(e.device))
+    model.to(resolve_device(e.device, "eval.device"))
     labeled = open_test_set(e, model.config)
     class_names = labeled.class_names
     uids, holdout_images, holdout_captions = load_holdout(holdout_path, shard_root, model.config)

@@ -78,7 +78,7 @@ def hf_clip_embedders(model_dir: str | Path, device: str = "auto") -> tuple[Imag
     autocast on CUDA); they return float32 arrays on the CPU."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from clipcore.evaluate.evaluation import resolve_device
+    from clipcore.model.device import resolve_device
 
     where = resolve_device(device, "filter.clip_score.device")
     model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).eval().to(where)

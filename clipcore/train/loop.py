@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from clipcore.config import LossConfig, TrainConfig
 from clipcore.data.stream import StreamSpec
 from clipcore.model.clip_model import ClipModel
+from clipcore.model.device import resolve_device
 from clipcore.model.margins import margin_diagnostics
 from clipcore.train.batches import Batch, step_batches
 from clipcore.train.distributed import (
@@ -70,15 +71,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor, config: LossConfig,
@@ -266,7 +258,7 @@ def setup_training(model: ClipModel, train: TrainConfig, loss: LossConfig, sampl
     `resume` restore them and the streams' positions from `state_path`."""
     if samples_per_epoch < train.batch_size:
         raise ValueError(f"{samples_per_epoch} training rows < batch_size={train.batch_size}")
-    device = resolve_device(train.device)
+    device = resolve_device(train.device, "train.device")
     init_from_env(device)
     rank, world = rank_and_world()
     if train.batch_size % world:

@@ -15,12 +15,13 @@ import torch
 from clipcore.config import PipelineConfig
 from clipcore.data.stream import Source, StreamSpec
 from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
+from clipcore.model.device import resolve_device
 from clipcore.model.prompts import load_templates
 from clipcore.model.tokenizer import load_tokenizer, train_tokenizer
 from clipcore.model.towers import load_pretrained_tokenizer, resolve_model_config
 from clipcore.train.distributed import barrier, init_from_env, rank_and_world
 from clipcore.train.kept_rows import KeptRows, iter_captions, kept_shards, select_holdout, training_rows
-from clipcore.train.loop import TrainResult, data_streams, resolve_device, train_clip
+from clipcore.train.loop import TrainResult, data_streams, train_clip
 from clipcore.train.losses import LOSSES
 
 
@@ -93,7 +94,7 @@ def run_pretraining(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    init_from_env(resolve_device(config.train.device))
+    init_from_env(resolve_device(config.train.device, "train.device"))
     rank, world = rank_and_world()
     holdout = select_holdout(kept_path, config.train.holdout_size, config.train.seed)
     rows = training_rows(kept_path, holdout, config.train.max_rows)

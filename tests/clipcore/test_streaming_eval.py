@@ -15,12 +15,13 @@ from PIL import Image
 
 from clipcore.config import EvalConfig, ModelConfig, PipelineConfig, apply_overrides
 from clipcore.data.labeled_sets import LabeledSet, idx_set, tensor_set
-from clipcore.evaluate.evaluation import evaluate_model, resolve_device, zero_shot
+from clipcore.evaluate.evaluation import evaluate_model, zero_shot
 from clipcore.evaluate.metric_names import CONTRACT, GATE, LINEAR_PROBE
 from clipcore.evaluate.stage import open_test_set, run_evaluation, zero_shot_on_test_set
 from clipcore.evaluate.zero_shot import ClassificationTally
 from clipcore.ingest.stage import ShardWriter
 from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
+from clipcore.model.device import resolve_device
 from clipcore.model.tokenizer import tokenize, train_tokenizer
 
 CLASSES = ["coat", "bag", "dress", "sandal"]
@@ -179,7 +180,7 @@ def test_eval_device_setting():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="eval.device=cuda but no CUDA device"):
-            resolve_device("cuda")
+            resolve_device("cuda", "eval.device")
     assert apply_overrides(PipelineConfig(), ["eval.device=cpu"]).eval.device == "cpu"
     with pytest.raises(ValueError, match="params.eval.device: 'tpu' is not one of"):
         apply_overrides(PipelineConfig(), ["eval.device=tpu"])
