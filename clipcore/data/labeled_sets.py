@@ -101,11 +101,41 @@ def idx_set(images: str | Path, labels: str | Path, class_names: list[str], limi
     return LabeledSet(list(class_names), size, read)
 
 
+FOLDER_CLASS_NAMES = "classnames.txt"
+"""An ImageFolder's class names file (in its root): one name per line in sorted folder order, or one `<folder> <name>`
+line per folder (a mapping, such as ImageNet's `n01440764 tench, Tinca tinca`)."""
+
+
+def folder_class_names(root: str | Path, folders: list[str]) -> list[str]:
+    """Class names of an ImageFolder's sorted `folders`: from `root/classnames.txt` when present, else the folder
+    names. The file is read as a mapping when every line is `<key> <name>` and every folder is among the keys (extra
+    keys are ignored: a mapping of all ImageNet classes serves a subset); otherwise as a list, one name per folder in
+    sorted folder order.
+
+    Raises:
+        ValueError: a list whose length differs from the number of folders.
+    """
+    path = Path(root) / FOLDER_CLASS_NAMES
+    if not path.is_file():
+        return list(folders)
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    pairs = [line.split(None, 1) for line in lines]
+    mapping = {p[0]: p[1].strip() for p in pairs if len(p) == 2}
+    if len(mapping) == len(lines) and set(folders) <= set(mapping):
+        return [mapping[f] for f in folders]
+    if len(lines) != len(folders):
+        raise ValueError(f"{path}: {len(lines)} class names for {len(folders)} class folders (one name per folder, "
+                         "in sorted folder order, or one '<folder> <name>' line per folder)")
+    return lines
+
+
 def image_folder_set(root: str | Path, image_size: int, channels: int, limit: int | None = None) -> LabeledSet:
-    """torchvision's ImageFolder layout: one sub-folder per class; class names are the folder names, sorted."""
+    """torchvision's ImageFolder layout: one sub-folder per class, labels in sorted folder order; class names from
+    `root/classnames.txt` when present (see `folder_class_names`), else the folder names."""
     from torchvision.datasets import ImageFolder
 
     dataset = ImageFolder(str(root), transform=build_resize(image_size, channels))  # lists paths, decodes nothing
+    class_names = folder_class_names(root, dataset.classes)
     size = len(dataset) if limit is None else min(limit, len(dataset))
     targets = np.asarray(dataset.targets[:size], dtype=np.int64)
 
@@ -114,7 +144,7 @@ def image_folder_set(root: str | Path, image_size: int, channels: int, limit: in
             stop = min(start + batch_size, size)
             yield torch.stack([dataset[i][0] for i in range(start, stop)]), targets[start:stop]
 
-    return LabeledSet(list(dataset.classes), size, read)
+    return LabeledSet(class_names, size, read)
 
 
 def _csv_targets(path: Path, labels: list[str], class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
