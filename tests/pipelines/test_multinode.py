@@ -72,10 +72,17 @@ def run_together(commands: list[list[str]], seconds: float) -> str:
     return "\n".join(outputs)
 
 
-def test_two_nodes_of_one_process_train_as_one_node_of_two(filtered):
-    one_node, two_nodes = filtered["root"] / "one_node", filtered["root"] / "two_nodes"
+@pytest.fixture(scope="module")
+def one_node(filtered) -> tuple[Path, str]:
+    """One agent of two processes, uninterrupted: its output folder and what it printed."""
+    out = filtered["root"] / "one_node"
+    return out, run_together([torchrun_launcher(2) + train_args(filtered, out)], SECONDS)
+
+
+def test_two_nodes_of_one_process_train_as_one_node_of_two(filtered, one_node):
+    (one_node, one_printed), two_nodes = one_node, filtered["root"] / "two_nodes"
     rendezvous = {"nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{free_port()}", "rdzv_id": "test-multinode"}
-    printed = [run_together([torchrun_launcher(2) + train_args(filtered, one_node)], SECONDS),
+    printed = [one_printed,
                run_together([torchrun_launcher(1, **rendezvous, node_rank=rank) + train_args(filtered, two_nodes)
                              for rank in (0, 1)], SECONDS)]
     for output in printed:  # rank 0's summary: one data-parallel job of 2 processes, not two jobs of 1
@@ -85,6 +92,27 @@ def test_two_nodes_of_one_process_train_as_one_node_of_two(filtered):
     assert len(histories[0]) > 3
     assert histories[0] == histories[1]  # every logged loss, lr, temperature... equal as floats, not merely close
     assert weights[0] == weights[1]
+
+
+def test_two_processes_killed_mid_run_resume_to_the_same_bits(filtered, one_node):
+    """SIGKILL to the whole 2-process job (agent and both trainers) as soon as its first training state is on disk
+    (state every 3 steps: the kill lands at some step after it), then `--resume`: the final weights equal the
+    uninterrupted job's bit for bit."""
+    import signal
+
+    out = filtered["root"] / "killed"
+    command = torchrun_launcher(2) + train_args(filtered, out) + ["--set", "train.checkpoint_every=3"]
+    job = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group, killed below
+    deadline = time.monotonic() + SECONDS
+    while not (out / "train_state.pt").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL and not (out / "checkpoint" / "model.safetensors").exists()
+    run_together([command + ["--resume"]], SECONDS)
+    reference = one_node[0] / "checkpoint" / "model.safetensors"
+    assert (out / "checkpoint" / "model.safetensors").read_bytes() == reference.read_bytes()
 
 
 def test_multi_node_launcher_needs_a_rendezvous():
