@@ -198,3 +198,28 @@ def tensor_set(images: torch.Tensor, labels: np.ndarray, class_names: list[str])
             yield images[start : start + batch_size], labels[start : start + batch_size]
 
     return LabeledSet(list(class_names), len(labels), read)
+
+
+def open_labeled_set(images: str | Path, labels: str | Path | None = None, class_names: list[str] | None = None,
+                     image_size: int = 224, channels: int = 3, limit: int | None = None) -> LabeledSet:
+    """A labeled set from its path: an ImageFolder tree (a folder), a csv of (path, label), or gzipped IDX images
+    with IDX `labels` (read at their own size; `image_size` and `channels` apply to the other two).
+
+    Raises:
+        ValueError: IDX images without labels or class names; labels given for a folder or csv; class names given for
+            a folder (they come from its classnames.txt).
+    """
+    path = Path(images)
+    if path.is_dir() or path.suffix == ".csv":
+        if labels:
+            raise ValueError(f"{path}: labels come from the {'folders' if path.is_dir() else 'csv'}; drop the labels "
+                             "file")
+        if path.is_dir():
+            if class_names is not None:
+                raise ValueError(f"{path}: an ImageFolder's class names come from its {FOLDER_CLASS_NAMES} (or its "
+                                 "folder names)")
+            return image_folder_set(path, image_size, channels, limit)
+        return csv_set(path, image_size, channels, class_names, limit)
+    if not labels or class_names is None:
+        raise ValueError(f"{path}: IDX images need an IDX labels file and class names")
+    return idx_set(path, labels, class_names, limit)
