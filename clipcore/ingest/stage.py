@@ -6,6 +6,8 @@ failure status with an `error` reason; nothing is dropped silently, and no fault
 exception) reaches the others. Shards are written atomically (tar, then manifest). Each manifest carries a
 fingerprint of its input slice and of the settings that shape its content, so a rerun skips a shard only when
 it is complete and was made from the same rows the same way; any other shard is redone, never reused.
+The same input and settings give byte-identical files whatever the process and thread counts (fixed tar headers,
+rows in input order, no timings in `_stats.json`), so DVC's hash of the folder changes only with its content.
 """
 
 from __future__ import annotations
@@ -181,14 +183,17 @@ def write_shard(index: int, rows: list[dict], output_dir: str, config: IngestCon
     return {"shard": index, "rows": len(records)}
 
 
-def shard_fingerprint(rows: pl.DataFrame, config: IngestConfig, local_root: str | None) -> str:
+def shard_fingerprint(rows: pl.DataFrame, config: IngestConfig, local_root: str | None,
+                      output_dir: str | Path = ".") -> str:
     """sha256 of a shard's input rows (every column, uid included) and of the settings that shape its content.
 
     The rows are hashed as Arrow IPC in its oldest layout (plain offsets, one chunk), which depends only on the
-    values, not on how the table was read or sliced.
+    values, not on how the table was read or sliced. The local root enters as seen from `output_dir`, so a project
+    cloned into another folder writes byte-identical manifests (DVC's hashes of the shard folder stay the same).
     """
     digest = hashlib.sha256()
-    settings = {f: getattr(config, f) for f in FINGERPRINT_FIELDS} | {"local_root": local_root}
+    root = os.path.relpath(local_root, Path(output_dir).resolve()) if local_root else None
+    settings = {f: getattr(config, f) for f in FINGERPRINT_FIELDS} | {"local_root": root}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     ipc = rows.rechunk().write_ipc(None, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
     digest.update(ipc.getvalue())
@@ -220,7 +225,9 @@ def remove_stale_shards(output_dir: Path, count: int) -> list[str]:
 
 def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
            shard_range: tuple[int, int] | None = None) -> dict:
-    """Ingest `config.input` into `output_dir`; returns the stats also written to `_stats.json`.
+    """Ingest `config.input` into `output_dir`; returns the stats written to `_stats.json` plus this run's
+    `shards_written` and `seconds`, which the file leaves out: it holds only what the input and settings determine,
+    so the same input gives a byte-identical folder (and DVC hash) however much of it this run had to redo.
 
     Shards whose manifest fingerprint matches their input slice and settings are kept; every other shard in range
     is (re)written, and shards numbered past the input's shard count are deleted.
@@ -244,7 +251,7 @@ def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_shards(output_dir, count)
     slices = {i: rows.slice(i * config.shard_size, config.shard_size) for i in range(first, min(last, count - 1) + 1)}
-    prints = {i: shard_fingerprint(part, config, local_root) for i, part in slices.items()}
+    prints = {i: shard_fingerprint(part, config, local_root, output_dir) for i, part in slices.items()}
     todo = [i for i in slices if not shard_is_complete(output_dir, i, prints[i])]
     spawn = multiprocessing.get_context("spawn")
     counter = spawn.Value("l", 0)
@@ -264,15 +271,17 @@ def ingest(config: IngestConfig, output_dir: str | Path, progress: bool = True,
         bar.update(counter.value - bar.n)
     bar.close()
     stats = ingest_stats(read_manifest(output_dir))
-    stats.update(shards=count, shards_written=len(todo), seconds=round(time.perf_counter() - start, 2))
+    stats.update(shards=count)
     (output_dir / "_stats.json").write_text(json.dumps(stats, indent=2))
-    return stats
+    return {**stats, "shards_written": len(todo), "seconds": round(time.perf_counter() - start, 2)}
 
 
 def ingest_stats(manifest: pl.DataFrame) -> dict:
     """Totals per status and per error reason."""
     by_status = manifest.group_by("status").len().sort("status")
-    by_error = manifest.filter(pl.col("error").is_not_null()).group_by("error").len().sort("len", descending=True)
+    # ties in count broken by name: group_by's order varies from run to run
+    by_error = (manifest.filter(pl.col("error").is_not_null()).group_by("error").len()
+                .sort(["len", "error"], descending=[True, False]))
     return {
         "rows": manifest.height,
         "success": int((manifest["status"] == "success").sum()),
