@@ -208,3 +208,31 @@ def test_dvc_status_reports_the_stage_whose_code_changed(tmp_path):
                 for name, items in status.items()}
     assert reported == expected, f"dvc status: {status}"
     assert not unaffected & set(status), f"{sorted(unaffected)} do not run {edited} but dvc reports them changed"
+
+
+def test_dvc_status_reports_the_stages_reading_an_edited_data_file(tmp_path):
+    """The data deps are `${key}`s of params.yaml: editing the caption file or the test images that params name makes
+    exactly the stages reading them stale (their outputs are unchanged, so nothing downstream is)."""
+    if shutil.which("uv") is None:
+        pytest.skip("uv is not on PATH: DVC runs as `uv tool run --from dvc==3.67.1 dvc`")
+    repo = tmp_path / "repo"
+    copy_project_with_placeholders(repo)
+    dvc(repo, "commit", "--force")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edited = {key: param(params, key) for key in ("ingest.input", "eval.test_images")}
+    for path in edited.values():
+        with open(repo / path, "a") as f:
+            f.write("edited by test_stages\n")
+    expected = {}
+    for s in STAGES:  # the stage's data deps that are, or hold, an edited file (ingest.data_root holds the captions)
+        deps = {d for d in (param(params, k) for k in s.data) if any(f == d or f.startswith(f"{d}/")
+                                                                     for f in edited.values())}
+        if deps:
+            expected[s.name] = deps
+    assert set(expected) == {"ingest", "evaluate", "promote", "report"}
+
+    status = json.loads(dvc(repo, "status", "--json"))
+    assert status.pop("data.dvc", None) == [{"changed outs": {"data": "modified"}}]  # data/ as versioned by data.dvc
+    reported = {name: {dep for item in items if isinstance(item, dict) for dep in item.get("changed deps", {})}
+                for name, items in status.items()}
+    assert reported == expected, f"dvc status: {status}"
