@@ -19,8 +19,6 @@ from dagster_pipes import open_dagster_pipes
 from clipcore.config import load_params
 from clipcore.train.stage import run_pretraining
 
-METRICS = ("loss", "lr", "temperature", "margin", "epoch")  # of each training record, to the Dagster run and MLflow
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -38,7 +36,8 @@ def main() -> None:
 
         def on_log(record: dict) -> None:
             pipes.log.info("step {step}: loss {loss:.4f}, T {temperature:.4f}".format(**record))
-            pipes.report_custom_message({"step": int(record["step"]), **{k: record[k] for k in METRICS}})
+            # the whole record (loss, lr, temperature, the batch diagnostics), for the Dagster run and MLflow
+            pipes.report_custom_message({**record, "step": int(record["step"])})
 
         out = run_pretraining(args.kept, args.shards, args.output_dir, config,
                               on_log=on_log if pipes else None, progress=False, resume=args.resume,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,22 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from clipcore.evaluate.metric_names import VERSION_TAGS
 from pipelines.processes import current_owner, owner_is_dead
+from pipelines.provenance import dataset_name, git_state, mlflow_run_url, mlflow_version_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION = "champion"
 CHECKPOINT_TAG = "checkpoint_sha256"
 PYFUNC_CODE = Path(__file__).with_name("clip_pyfunc.py")
+
+# MLflow metric names, by prefix (the UI groups charts by it); outputs/metrics.json keeps the bare names
+TRAIN = "train/"  # a series: every logged training step's record (loss, lr, temperature, batch diagnostics)
+TRAIN_SUMMARY = "train_summary/"  # once per training: throughput, rows, memory
+EVAL = "eval/"  # once per evaluation: every key of metrics.json
+
+
+def training_series(record: dict) -> dict[str, float]:
+    """A training log record as MLflow metrics: `train/<key>` for every value but the step (the metrics' step)."""
+    return {TRAIN + key: float(value) for key, value in record.items() if key != "step"}
 
 
 def configure_mlflow(tracking_uri: str | None, artifact_root: str, experiment: str) -> str:
@@ -111,7 +121,78 @@ def log_and_register(checkpoint_dir: Path, model_name: str, checkpoint_sha256: s
     )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_model_version_tag(model_name, version, CHECKPOINT_TAG, checkpoint_sha256)
+    describe_version(model_name, version)
     return info.model_uri, version
+
+
+def run_link(run_id: str) -> str:
+    """The run's page in the MLflow UI (pipelines.provenance.mlflow_ui_base says where that is)."""
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    return mlflow_run_url(mlflow.get_tracking_uri(), experiment_id, run_id)
+
+
+def version_link(model_name: str, version: str) -> str:
+    """A registered version's page in the MLflow UI."""
+    return mlflow_version_url(mlflow.get_registry_uri(), model_name, version)
+
+
+def log_training_inputs(kept_path: str, ingest_input: str, data_version: tuple[str, str] | None) -> None:
+    """The active run's inputs as MLflow datasets, without reading their rows: kept.parquet (context `training`;
+    digest: the file's md5, schema and row count from its footer) and the ingest input it was filtered from (context
+    `source`; digest: its DVC hash, `data_version`)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    digest = hashlib.md5()
+    with open(kept_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    name = dataset_name(ingest_input)
+    kept = MetaDataset(LocalArtifactDatasetSource(str(Path(kept_path).resolve())), name=f"{name}/kept",
+                       digest=digest.hexdigest(), schema=_parquet_schema(kept_path))
+    mlflow.log_input(kept, context="training", tags={"rows": str(pq.read_metadata(kept_path).num_rows)})
+    source_digest = data_version[0].removesuffix(".dir") if data_version else None  # 32 hex: MLflow keeps <= 36
+    source = MetaDataset(LocalArtifactDatasetSource(str(Path(ingest_input).resolve())), name=name, digest=source_digest)
+    mlflow.log_input(source, context="source")
+
+
+def _parquet_schema(path: str) -> Schema:
+    """An MLflow schema of a parquet file's columns, read from its footer (columns of other types are left out)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kinds = ((pa.types.is_string, "string"), (pa.types.is_large_string, "string"), (pa.types.is_integer, "long"),
+             (pa.types.is_floating, "double"), (pa.types.is_boolean, "boolean"), (pa.types.is_binary, "binary"))
+    columns = []
+    for field in pq.read_schema(path):
+        kind = next((name for test, name in kinds if test(field.type)), None)
+        if kind is not None:
+            columns.append(ColSpec(kind, field.name))
+    return Schema(columns)
+
+
+def describe_version(model_name: str, version: str) -> str:
+    """Write the registered version's description (Markdown in the MLflow UI) from its run: what trained it, on
+    which data, and its evaluation metrics once logged. Returns it."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(client.get_model_version(model_name, version).run_id)
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    commit = tags.get("mlflow.source.git.commit")
+    code = f"git {commit[:12]}{' (dirty work tree)' if tags.get('git_dirty') == 'true' else ''}" if commit else "-"
+    rows = metrics.get(TRAIN_SUMMARY + "rows", float("nan"))
+    lines = [f"Trained by MLflow run `{run.info.run_name}` ({run.info.run_id}): loss `{params.get('loss.name', '-')}`, "
+             f"{rows:.0f} rows, {params.get('train.epochs', '-')} epochs, code {code}.",
+             f"Data: dataset `{tags.get('dataset', '-')}`, input `{params.get('ingest.input', '-')}`, data version "
+             f"`{tags.get('data_version', '-')}` ({tags.get('data_version_source', 'unknown')})"
+             + (f", DVC experiment `{tags['dvc_experiment']}`." if "dvc_experiment" in tags else ".")]
+    evaluated = [f"{key} {metrics[EVAL + key]:.4f}" for key in VERSION_TAGS if EVAL + key in metrics]
+    lines.append("Evaluation: " + (", ".join(evaluated) if evaluated else "not yet evaluated") + ".")
+    description = "\n\n".join(lines)
+    client.update_model_version(model_name, version, description=description)
+    return description
 
 
 def check_version_checkpoint(model_name: str, version: str, checkpoint_sha256: str) -> None:
@@ -140,17 +221,19 @@ def mlflow_embedders(model_uri: str):
 
 def log_evaluation(run_id: str, model_name: str, version: str, checkpoint_sha256: str, metrics: dict[str, float],
                    files: list[Path]) -> None:
-    """Evaluation metrics and files into the training run, headline metrics as tags on the registered version: only
-    when that version was registered from the evaluated checkpoint."""
+    """Evaluation metrics (as `eval/<key>`) and files into the training run, headline metrics as tags on the
+    registered version and in its description: only when that version was registered from the evaluated
+    checkpoint."""
     check_version_checkpoint(model_name, version, checkpoint_sha256)
     with tracked_run(run_id=run_id):
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({EVAL + key: value for key, value in metrics.items()})
         for path in files:
             mlflow.log_artifact(str(path), "evaluation")
     client = mlflow.MlflowClient()
     for key in VERSION_TAGS:
         if key in metrics:
             client.set_model_version_tag(model_name, version, key, f"{metrics[key]:.6f}")
+    describe_version(model_name, version)
 
 
 class ChampionUnavailable(RuntimeError):
@@ -205,19 +288,24 @@ def champion_version(model_name: str) -> str | None:
         return None
 
 
+TOP1 = f"metrics.{EVAL}zero_shot_top1"
 RUN_COLUMNS = {  # MLflow column -> report column
     "tags.mlflow.runName": "run", "params.loss.name": "loss", "params.filter.enabled": "filtered",
     "params.filter.clip_score.enabled": "clip-score filter", "params.filter.languages": "languages",
-    "metrics.train_rows": "train rows", "metrics.zero_shot_top1": "zero-shot top-1",
+    f"metrics.{TRAIN_SUMMARY}rows": "train rows", TOP1: "zero-shot top-1",
 }
+UNPREFIXED = {f"metrics.{TRAIN_SUMMARY}rows": "metrics.train_rows", TOP1: "metrics.zero_shot_top1"}  # older runs'
 
 
 def training_runs(experiment: str) -> list[dict]:
     """Every evaluated training run of the experiment, newest first: how filtering and the loss moved top-1."""
     runs = mlflow.search_runs(experiment_names=[experiment], order_by=["start_time DESC"])
-    if runs.empty or "metrics.zero_shot_top1" not in runs:
+    for column, old in UNPREFIXED.items():  # runs logged before the metric names had prefixes
+        if old in runs:
+            runs[column] = runs[column].fillna(runs[old]) if column in runs else runs[old]
+    if runs.empty or TOP1 not in runs:
         return []
-    runs = runs[runs["metrics.zero_shot_top1"].notna()]
+    runs = runs[runs[TOP1].notna()]
     rows = []
     for _, run in runs.iterrows():
         row = {"run id": run["run_id"][:8]}
@@ -230,9 +318,5 @@ def training_runs(experiment: str) -> list[dict]:
 
 def git_commit() -> str | None:
     """The code version: the short git commit, with `+dirty` when the work tree has changes; None outside git."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    if head.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           check=False).stdout.strip()
-    return head.stdout.strip() + ("+dirty" if dirty else "")
+    state = git_state()
+    return state.short if state is not None else None

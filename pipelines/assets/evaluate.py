@@ -20,8 +20,9 @@ from clipcore.evaluate.metric_names import CONTRACT
 from clipcore.evaluate.stage import run_evaluation
 from clipcore.model.clip_model import checkpoint_digest
 from pipelines.assets import GROUP, StageConfig
+from pipelines.provenance import tag_dagster_run
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import log_evaluation
+from pipelines.tracking import log_evaluation, run_link
 from pipelines.values import CaptionShards, Evaluation, TrainedModel
 
 
@@ -43,6 +44,7 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
     files are not the ones `clip_model` registered."""
     cfg = pipeline.load_config("evaluate", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
+    tag_dagster_run(context, caption_shards.input)
     identity = {"model_name": clip_model.model_name, "model_version": clip_model.model_version,
                 "checkpoint_sha256": clip_model.checkpoint_sha256}
     with pipeline.writing("evaluation") as stage:
@@ -67,6 +69,7 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
     return Output(value, metadata={
         **{k: MetadataValue.float(v) for k, v in result.metrics.items()},
         "model": f"{clip_model.model_name} v{clip_model.model_version}",
+        "mlflow_run": MetadataValue.url(run_link(clip_model.run_id)),
         "checkpoint_sha256": clip_model.checkpoint_sha256,
         "config": MetadataValue.json(value.test_set),
     })

@@ -19,6 +19,7 @@ from clipcore.ingest.sources import read_input
 from clipcore.ingest.stage import ingest
 from pipelines.assets import GROUP, StageConfig, ingest_shards
 from pipelines.io import markdown_table
+from pipelines.provenance import tag_dagster_run
 from pipelines.resources import PipelineResource
 from pipelines.values import CaptionShards
 
@@ -31,6 +32,7 @@ def caption_shards(context: AssetExecutionContext, config: StageConfig,
     every row in its shard's parquet manifest with a status and an error reason. One partition per shard;
     a backfill of many partitions runs as one run with `ingest.processes` workers."""
     cfg = pipeline.load_config("ingest", config.overrides)
+    tag_dagster_run(context, cfg.ingest.input)
     out = pipeline.stage_dir("caption_shards")
     shards = sorted(int(k) for k in context.partition_keys)
     stats = ingest(cfg.ingest, out, shard_range=(shards[0], shards[-1]))

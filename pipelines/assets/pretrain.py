@@ -19,10 +19,18 @@ from pydantic import Field
 from clipcore.config import flatten
 from clipcore.model.clip_model import checkpoint_digest
 from pipelines.assets import GROUP, StageConfig
-from pipelines.pipes_train import METRICS
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
+from pipelines.provenance import data_version, provenance_tags, tag_dagster_run
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import log_and_register, tracked_run
+from pipelines.tracking import (
+    TRAIN_SUMMARY,
+    log_and_register,
+    log_training_inputs,
+    run_link,
+    tracked_run,
+    training_series,
+    version_link,
+)
 from pipelines.values import CaptionShards, FilteredCaptions, TrainedModel
 
 
@@ -47,13 +55,14 @@ class PretrainConfig(StageConfig):
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:
-    """The run-level training figures logged to MLflow."""
-    return {"train_samples_per_second": summary["samples_per_second"], "train_rows": summary["train_rows"],
-            "train_seconds": summary["seconds"],
-            "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9),
-            "flops_per_sample": summary["flops_per_sample"], "achieved_tflops": summary["achieved_tflops"],
-            "peak_memory_mb": summary["peak_memory_mb"], "skipped_samples": summary.get("skipped_samples", 0),
-            **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {})}
+    """The run-level training figures logged to MLflow (as `train_summary/<name>`)."""
+    figures = {"samples_per_second": summary["samples_per_second"], "rows": summary["train_rows"],
+               "steps": summary["steps"], "seconds": summary["seconds"],
+               "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9),
+               "flops_per_sample": summary["flops_per_sample"], "achieved_tflops": summary["achieved_tflops"],
+               "peak_memory_mb": summary["peak_memory_mb"], "skipped_samples": summary.get("skipped_samples", 0),
+               **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {})}
+    return {TRAIN_SUMMARY + name: value for name, value in figures.items()}
 
 
 @asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
@@ -64,9 +73,10 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
     cfg = pipeline.load_config("pretrain", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
     params = flatten({"model": cfg.model, "loss": cfg.loss, "train": cfg.train, "eval": cfg.eval})
+    tag_dagster_run(context, caption_shards.input)
 
-    def on_log(record: dict) -> None:
-        mlflow.log_metrics({k: record[k] for k in METRICS}, step=int(record["step"]))
+    def on_log(record: dict) -> None:  # every logged step: loss, lr, temperature and the batch diagnostics
+        mlflow.log_metrics(training_series(record), step=int(record["step"]))
 
     # an interrupted training's state stays in the stage's work folder; only a finished one is published
     with pipeline.writing("clip_model", keep_partial=config.resume) as stage:
@@ -80,7 +90,9 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
             else:
                 # what it trained on too: the filter params that made the kept rows, the ingest input behind them
                 mlflow.log_params({**params, **filtered_captions.config, "ingest.input": caption_shards.input})
-                mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher})
+                mlflow.set_tags({"dagster_run_id": context.run_id, "stage": "pretrain", "launcher": config.launcher,
+                                 **provenance_tags(caption_shards.input)})
+                log_training_inputs(filtered_captions.kept, caption_shards.input, data_version(caption_shards.input))
             if config.launcher == "torchrun":
                 command = torchrun_command(pipeline.params_path, config.overrides, filtered_captions.kept,
                                            caption_shards.dir, out, config.nproc_per_node, config.nnodes,
@@ -102,7 +114,9 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
                              model_uri=model_uri, loss=cfg.loss.name, config=params, checkpoint_sha256=digest)
         stage.publish(value)
     return Output(value, metadata={
-        "mlflow_run_id": run.info.run_id, "registered_model": f"{cfg.registry.model_name} v{version}",
+        "mlflow_run_id": run.info.run_id, "mlflow_run": MetadataValue.url(run_link(run.info.run_id)),
+        "registered_model": f"{cfg.registry.model_name} v{version}",
+        "mlflow_model_version": MetadataValue.url(version_link(cfg.registry.model_name, version)),
         "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
         "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
         "resumed": config.resume, "skipped_samples": summary.get("skipped_samples", 0),

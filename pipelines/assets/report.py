@@ -19,8 +19,9 @@ from dagster import (
 from clipcore.config import EvalConfig, ModelConfig, from_dict
 from clipcore.report.stage import ReportSources, build_report
 from pipelines.assets import GROUP, StageConfig
+from pipelines.provenance import tag_dagster_run
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import git_commit, tracked_run, training_runs
+from pipelines.tracking import git_commit, run_link, tracked_run, training_runs
 from pipelines.values import CaptionShards, Champion, Evaluation, FilteredCaptions, Report, TrainedModel
 
 
@@ -47,6 +48,7 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
     promotion decision and earlier runs; logged to the model's MLflow run."""
     cfg = pipeline.load_config("report", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
+    tag_dagster_run(context, caption_shards.input)
     check_same_model(clip_model, evaluation, champion, Path(pipeline.outputs_dir) / "metrics.json")
     identifiers = {"MLflow run": clip_model.run_id, "model": clip_model.model_uri,
                    "registered": f"models:/{clip_model.model_name}/{clip_model.model_version}",
@@ -69,6 +71,7 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
     return Output(value, metadata={
         "summary": MetadataValue.md(summary), "promoted": champion.promoted, "decision": champion.reason,
         "report": MetadataValue.path(str(Path(value.html).resolve())),
+        "mlflow_run": MetadataValue.url(run_link(clip_model.run_id)),
     })
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from mlflow import MlflowClient
 
 from pipelines.definitions import ASSETS, defs
@@ -118,9 +118,23 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     assert client.get_model_version("clip", "2").tags["promotion"] == "refused"
     mlflow.set_tracking_uri(env["uri"])
     run_data = client.get_run(champion.run_id).data
-    assert "loss" in run_data.metrics and run_data.params["loss.name"] == "clip"
+    assert "train/loss" in run_data.metrics and run_data.params["loss.name"] == "clip"
     assert run_data.params["filter.enabled"] == "True"  # the filter params behind the kept rows it trained on
-    assert [m.step for m in client.get_metric_history(champion.run_id, "loss")][:2] == [0, 2]
+    steps = [m.step for m in client.get_metric_history(champion.run_id, "train/loss")]
+    assert steps[:2] == [0, 2]
+    for key in ("modality_gap", "margin", "temperature", "positive_cosine"):  # batch diagnostics: series, every step
+        assert [m.step for m in client.get_metric_history(champion.run_id, f"train/{key}")] == steps
+    assert run_data.metrics["eval/zero_shot_top1"] == pytest.approx(metrics["zero_shot_top1"])
+    assert {"eval/margin", "eval/temperature", "train_summary/rows"} <= set(run_data.metrics)
+    assert not [k for k in run_data.metrics if "/" not in k]  # nothing unprefixed beside the series
+    assert run_data.tags["dataset"] == "fashion_mnist" and "data_version" in run_data.tags
+    assert {i.dataset.name for i in client.get_run(champion.run_id).inputs.dataset_inputs} == {
+        "fashion_mnist/kept", "fashion_mnist"}
+    assert "zero_shot_top1 " in champion.description and "dataset `fashion_mnist`" in champion.description
+    # the run as a link in the asset metadata; the Dagster runs tagged with the dataset
+    pretrain = env["instance"].get_latest_materialization_event(AssetKey("clip_model")).asset_materialization
+    assert pretrain.metadata["mlflow_run"].value.endswith(f"/runs/{pretrain.metadata['mlflow_run_id'].value}")
+    assert env["instance"].get_run_by_id(result.results[0].run_id).tags["dataset"] == "fashion_mnist"
 
 
 def test_pretrain_through_pipes_with_two_torchrun_processes(env):
@@ -133,8 +147,11 @@ def test_pretrain_through_pipes_with_two_torchrun_processes(env):
     assert meta["launcher"].value == "torchrun x2" and meta["streamed_records"].value > 3
     logs = [e.message for e in env["instance"].all_logs(result.run_id) if e.user_message]
     assert any("trained" in m and "2 processes" in m for m in logs)  # a log line streamed from the external rank 0
-    history = MlflowClient(env["uri"]).get_metric_history(meta["mlflow_run_id"].value, "loss")
+    client = MlflowClient(env["uri"])
+    history = client.get_metric_history(meta["mlflow_run_id"].value, "train/loss")
     assert len(history) == meta["streamed_records"].value  # streamed metric records reached MLflow
+    gap = client.get_metric_history(meta["mlflow_run_id"].value, "train/modality_gap")  # the whole record streams
+    assert [m.step for m in gap] == [m.step for m in history]
     state = torch.load(env["outputs"] / "clip_model" / "train_state.pt", weights_only=True)  # published with it
     assert state["extra"]["mlflow_run_id"] == meta["mlflow_run_id"].value  # what `resume: true` continues
 
@@ -170,7 +187,7 @@ def test_pretrain_resumes_an_interrupted_training_in_the_same_mlflow_run(env, mo
     assert only_run.data.tags["resumed_by_dagster_run_id"] == resumed.run_id
     assert only_run.data.tags["dagster_run_id"] == crashed_run_id
     total = meta["steps"].value + 10  # the resumed attempt ran the steps after the checkpoint
-    steps = [m.step for m in client.get_metric_history(only_run.info.run_id, "loss")]
+    steps = [m.step for m in client.get_metric_history(only_run.info.run_id, "train/loss")]
     assert steps.count(11) == 2 and steps.count(16) == 1 and max(steps) == total - 1  # 10-15 were logged twice
     assert [str(v.version) for v in client.search_model_versions("name='clip'")] == ["1"]
 
