@@ -190,12 +190,16 @@ def _mlflow_store(registry) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
-    """Zero-shot predictions (or embeddings' shapes, without --labels) for image files."""
+    """Zero-shot predictions (or embeddings' shapes, without --labels) for image files; --embeddings-out writes the
+    embeddings."""
     registry = load_config(args).registry
     model_uri = args.model or f"models:/{registry.model_name}@champion"
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise CommandError(f"predict: no such file: {', '.join(missing)}")
+    out_path = Path(args.embeddings_out) if args.embeddings_out else None
+    if out_path is not None and out_path.suffix not in EMBEDDING_FORMATS:
+        raise CommandError(f"predict: --embeddings-out must end in .parquet or .npy, not {out_path.name!r}")
     _mlflow_store(registry)
     import mlflow.pyfunc
     import pandas as pd
@@ -208,14 +212,54 @@ def predict(args: argparse.Namespace) -> None:
                            "`clip-pipeline models`)") from err
     frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in args.images]})
     names = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else []
+    if out_path is not None or not names:
+        embeddings = model.predict(frame)  # (n, d), unit norm
+        if out_path is not None:
+            write_embeddings(out_path, args.images, embeddings)
+            print(f"embeddings: shape {embeddings.shape}, written to {out_path}")
+        else:
+            print(f"embeddings: shape {embeddings.shape}")
     if not names:
-        embeddings = model.predict(frame)
-        print(f"embeddings: shape {embeddings.shape}")
         return
+    warn_unknown_labels(getattr(model.unwrap_python_model(), "tokenizer", None), names)
     out = model.predict(frame, params={"labels": names})
     for path, (_, row) in zip(args.images, out.iterrows(), strict=True):
         probs = "  ".join(f"{n}={row[n]:.3f}" for n in sorted(names, key=lambda n: -row[n]))
         print(f"{path}: {row['label']}  ({probs})")
+
+
+EMBEDDING_FORMATS = (".parquet", ".npy")
+
+
+def write_embeddings(path: Path, images: list[str], embeddings) -> None:
+    """(n, d) embeddings, rows in the order of `images`: .npy, a float32 array; .parquet, columns `path` and
+    `embedding` (a fixed-size list of float32)."""
+    import numpy as np
+
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if path.suffix == ".npy":
+        np.save(path, embeddings)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), embeddings.shape[1])
+    pq.write_table(pa.table({"path": pa.array(images, pa.string()), "embedding": column}), path)
+
+
+def warn_unknown_labels(tokenizer, labels: list[str]) -> None:
+    """One stderr line per label that is mostly (over half) pieces the model's tokenizer has no learned token for
+    (clipcore.model.tokenizer.unknown_pieces): the model cannot know what such a label means."""
+    if tokenizer is None:
+        return
+    from clipcore.model.tokenizer import unknown_pieces
+
+    for label in labels:
+        unknown, total = unknown_pieces(tokenizer, label)
+        if 2 * len(unknown) > total:
+            print(f"clip-pipeline: warning: label {label!r} is mostly unknown to the model's tokenizer ({len(unknown)} "
+                  f"of {total} pieces have no learned token: {', '.join(dict.fromkeys(unknown))}); its probability "
+                  "says little", file=sys.stderr)
 
 
 def list_models(args: argparse.Namespace) -> None:
@@ -329,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@champion)")
     p.add_argument("--labels", help="comma-separated class names; without it, prints embedding shapes")
+    p.add_argument("--embeddings-out", metavar="FILE", help="write the images' embeddings (rows in the order given) "
+                   "to FILE.parquet (columns path, embedding) or FILE.npy ((n, d) float32)")
     p = with_params(sub.add_parser("models", help="list registered model versions, aliases and metrics"))
     p.add_argument("--name", help="registered model name (default: params' registry.model_name)")
     p = sub.add_parser("export-eval-task", help="write labeled images (or the default suite) as a CLIP_benchmark "

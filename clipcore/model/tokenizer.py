@@ -68,3 +68,23 @@ def tokenize(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
     """Encode `texts` to a (N, context_length) int64 tensor of token ids."""
     encodings = tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts])
     return torch.tensor([e.ids for e in encodings], dtype=torch.long)
+
+
+def unknown_pieces(tokenizer: Tokenizer, text: str) -> tuple[list[str], int]:
+    """The pieces of `text` the model has no learned token for, and how many pieces it has.
+
+    Our caption BPE is byte-level, so it never emits `<unk>`: any text becomes tokens. What it cannot represent is a
+    word the captions never made into a token; such a word is spelled from fragments whose meaning the text tower
+    never learned for it. So for ours a piece is a pre-tokenized word (as its normalizer and pre-tokenizer split
+    it) and it is unknown when it is not one token of the vocabulary. A pretrained tokenizer's sub-words were
+    learned with its model, so there a piece is a token and it is unknown when it is the model's unknown token."""
+    if tokenizer.token_to_id(SOT) is not None and tokenizer.token_to_id(EOT) is not None:
+        normalized = tokenizer.normalizer.normalize_str(text) if tokenizer.normalizer else text
+        words = [word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized)]
+        unknown = [tokenizer.decoder.decode([word]) if tokenizer.decoder else word  # byte-level back to text
+                   for word in words if tokenizer.token_to_id(word) is None]
+        return unknown, len(words)
+    unk = getattr(tokenizer.model, "unk_token", None)
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    pieces = [token for token, mask in zip(encoding.tokens, encoding.attention_mask, strict=True) if mask]
+    return [token for token in pieces if unk is not None and token == unk], len(pieces)
