@@ -1,4 +1,4 @@
-"""`clip-pipeline`: every stage as a subcommand (each one a Dagster materialization), plus predict and models.
+"""`clip-pipeline`: every stage as a subcommand (each one a Dagster materialization), plus predict, models and export.
 
 The stage subcommands are what dvc.yaml runs, so `dvc repro` and the Dagster UI share one implementation
 and one run history (DAGSTER_HOME, default ./.dagster).
@@ -287,6 +287,64 @@ def list_models(args: argparse.Namespace) -> None:
               f"{v.tags.get('promotion', '-'):<9}  {v.run_id}")
 
 
+EXPORT_FORMATS = ("hf", "open_clip")  # clipcore.model.export.FORMATS, kept here so --help does not import torch
+EXPORT_DOC = """Write a trained model as a folder that other libraries load on their own (offline, without this
+project).
+
+  --format hf         CLIPModel weights and config, tokenizer files and a CLIPImageProcessor:
+                        transformers.CLIPModel.from_pretrained(DIR), CLIPProcessor.from_pretrained(DIR),
+                        pipeline("zero-shot-image-classification", model=DIR)
+  --format open_clip  open_clip_config.json, open_clip_model.safetensors and the tokenizer files:
+                        open_clip.create_model_and_transforms("local-dir:DIR"),
+                        open_clip.get_tokenizer("local-dir:DIR")
+
+Both take RGB images (a 1-channel model's first layer sums R, G and B with grayscale weights, so gray images embed
+exactly as here) and give the model's embeddings and logit scale. Only a ViT image tower with CLIP's text tower
+exports; a ResNet image tower or the MiniLM text tower is refused. The stored prompt templates come along as
+templates.txt."""
+
+
+def resolve_checkpoint(model: str | None, registry) -> Path:
+    """A checkpoint folder (given, or inside a registered model's artifacts, downloaded like `predict` loads it)."""
+    if model and Path(model).is_dir():
+        folder = Path(model)
+        if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
+            raise CommandError(f"export: {folder} is not a checkpoint folder (config.json + model.safetensors)")
+        return folder
+    model_uri = model or f"models:/{registry.model_name}@champion"
+    _mlflow_store(registry)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    except (MlflowException, OSError) as err:
+        raise CommandError(f"export: cannot load {model_uri}: {one_line(err)} (list the registered versions with "
+                           "`clip-pipeline models`, or give a checkpoint folder)") from err
+    from mlflow.models import Model
+
+    artifacts = Model.load(local).flavors.get("python_function", {}).get("artifacts") or {}
+    checkpoint = Path(local) / artifacts.get("checkpoint", {}).get("path", "artifacts/checkpoint")
+    if not (checkpoint / "config.json").is_file():
+        raise CommandError(f"export: {model_uri} holds no checkpoint artifact: not a model of this project")
+    return checkpoint
+
+
+def export(args: argparse.Namespace) -> None:
+    """Export a checkpoint folder or registered model (see EXPORT_DOC)."""
+    registry = load_config(args).registry
+    checkpoint = resolve_checkpoint(args.model, registry)
+    from transformers.utils import logging as hf_logging
+
+    from clipcore.model.export import export_model
+
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar
+    directory = export_model(checkpoint, args.directory, args.format)
+    how = (f'transformers.CLIPModel.from_pretrained("{directory}")' if args.format == "hf"
+           else f'open_clip.create_model_and_transforms("local-dir:{directory}")')
+    print(f"wrote {directory} ({args.format}) from {checkpoint}; load it with {how}")
+
+
 EXPORT_EVAL_TASK_DOC = """Write labeled images as an evaluation task in CLIP_benchmark's webdataset layout:
 
   OUT/{split}/nshards.txt, OUT/{split}/0.tar ...   per sample s0000000.png (lossless) + s0000000.cls (the label)
@@ -377,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "to FILE.parquet (columns path, embedding) or FILE.npy ((n, d) float32)")
     p = with_params(sub.add_parser("models", help="list registered model versions, aliases and metrics"))
     p.add_argument("--name", help="registered model name (default: params' registry.model_name)")
+    p = with_params(sub.add_parser("export", help="write the model as a Hugging Face or open_clip directory",
+                                   description=EXPORT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("directory", help="folder to write (created; refused if it exists and is not empty)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="hf", help="target library (default: %(default)s)")
+    p.add_argument("--model", help="a checkpoint folder (config.json + model.safetensors) or an MLflow model URI "
+                   "(default: models:/<registry.model_name>@champion)")
     p = sub.add_parser("export-eval-task", help="write labeled images (or the default suite) as a CLIP_benchmark "
                        "evaluation task", description=EXPORT_EVAL_TASK_DOC,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -444,6 +508,8 @@ def run_command(args: argparse.Namespace) -> None:
         list_models(args)
     elif args.command == "export-eval-task":
         export_eval_task(args)
+    elif args.command == "export":
+        export(args)
     elif args.command == "dvc-yaml":
         write_dvc_yaml(args)
 

