@@ -26,6 +26,7 @@ from clipcore.model.export import export_model
 from clipcore.model.open_clip_format import clip_config_from_open_clip
 from clipcore.model.tokenizer import tokenize, train_tokenizer
 from clipcore.model.towers import load_pretrained_tokenizer
+from tests.clipcore.test_towers import save_tiny_hf_clip
 
 TINY = dict(vision_width=32, vision_heads=2, text_width=32, text_heads=2, embed_dim=16, vocab_size=300)
 CAPTIONS = ["a photo of a coat", "cheap sneakers free shipping", "a black and white photo of a dress",
@@ -137,7 +138,10 @@ def hf_exports(tmp_path_factory) -> dict:
     rgb = dict(channels=3, image_size=32, patch_size=8, image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3))
     cases = {"gray": ({}, image_files(root / "gray")),
              "colour": ({}, image_files(root / "colour", sizes=[(28, 28), (40, 40)], color=True)),
-             "rgb_model": (rgb, image_files(root / "rgb", sizes=[(32, 32), (48, 40)], color=True))}
+             "rgb_model": (rgb, image_files(root / "rgb", sizes=[(32, 32), (48, 40)], color=True)),
+             # a pretrained CLIP directory's own tokenizer (pads with its end-of-text token), 24 positions cut to 12
+             "pretrained": (dict(pretrained=str(save_tiny_hf_clip(root / "hf_clip")), context_length=12),
+                            image_files(root / "pre", sizes=[(32, 32), (48, 40)], color=True))}
     out, jobs = {}, {}
     for name, (fields, images) in cases.items():
         checkpoint = save_tiny_checkpoint(root / f"ckpt_{name}", **fields)
@@ -184,15 +188,19 @@ def test_hf_export_of_colour_images_differs_only_by_our_gray_rounding(hf_exports
                                                                               TEMPLATES[:1])[1], atol=0.01, rtol=0)
 
 
-def test_rgb_model_exports_unchanged(hf_exports):
-    case = hf_exports["rgb_model"]
+@pytest.mark.parametrize("name", ["rgb_model", "pretrained"])
+def test_rgb_and_pretrained_models_export_unchanged(hf_exports, name):
+    case = hf_exports[name]
     image_emb, probs = ours(case["checkpoint"], case["images"], TEMPLATES)
     torch.testing.assert_close(torch.tensor(case["answer"]["image_emb"]), image_emb, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(case["answer"]["ensemble"]), probs, atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.tensor(case["answer"]["pipeline"]), ours(case["checkpoint"], case["images"],
                                                                               TEMPLATES[:1])[1], atol=1e-4, rtol=0)
+    model, tokenizer = load_checkpoint(case["checkpoint"])
+    assert case["answer"]["ids"] == tokenize(tokenizer, CAPTIONS + [LONG]).tolist()
     processor = json.loads((case["directory"] / "preprocessor_config.json").read_text())
-    assert (processor["image_mean"], processor["image_std"]) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    assert (processor["image_mean"], processor["image_std"]) == (list(model.config.image_mean),
+                                                                 list(model.config.image_std))
 
 
 @pytest.mark.parametrize(("towers", "named"), [(dict(image_tower="resnet18"), "image tower 'resnet18'"),
