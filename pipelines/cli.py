@@ -10,7 +10,6 @@ An expected failure (a bad param, a missing file or model, an unknown alias) end
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -128,18 +127,27 @@ def build_data(args: argparse.Namespace) -> None:
     print("caption dataset:", ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
-def standalone_ingest(args: argparse.Namespace) -> None:
-    """img2dataset-style run: params.yaml's ingest section, flags on top, straight into --output-dir."""
-    config = load_config(args).ingest
-    from clipcore.config import check_ranges
-    from clipcore.ingest.stage import ingest
-
+def ingest_flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The ingest flags given, as `ingest.<field>=<value>` overrides to lay after --set's (a flag wins), for the
+    standalone run and the asset's materialization alike: no flag is ignored, and each is checked as a param is.
+    `--url-list` reads an img2dataset URL list (column `url`, http(s) URLs) unless --url-col or --set say otherwise:
+    params.yaml's settings for its own local table do not carry over to another input."""
     changes = {field: getattr(args, flag) for flag, (field, _, _) in INGEST_FLAGS.items()
                if getattr(args, flag) is not None}
-    if "input" in changes and "url_col" not in changes:
-        changes.update(url_col="url", local_paths=False)  # a URL list: params.yaml's local-table settings don't apply
-    config = dataclasses.replace(config, **changes)
-    check_ranges(config, "ingest")  # the flags bypass the params loader's checks
+    if "input" in changes:
+        set_keys = {item.partition("=")[0].strip() for item in args.overrides}
+        if "url_col" not in changes and "ingest.url_col" not in set_keys:
+            changes["url_col"] = "url"
+        if "ingest.local_paths" not in set_keys:
+            changes["local_paths"] = False
+    return [f"ingest.{field}={json.dumps(value)}" for field, value in changes.items()]  # JSON is YAML: quoted str
+
+
+def standalone_ingest(args: argparse.Namespace) -> None:
+    """img2dataset-style run: params.yaml's ingest section, --set and flags on top, straight into --output-dir."""
+    config = load_config(args).ingest
+    from clipcore.ingest.stage import ingest
+
     stats = ingest(config, args.output_dir)
     print(json.dumps(stats, indent=2))
 
@@ -411,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     stages = {s.name: with_params(sub.add_parser(s.name, help=s.help, description=s.help)) for s in STAGES}
     ingest = stages["ingest"]
     ingest.add_argument("--output-dir", help="run standalone into this folder (img2dataset-style) instead of "
-                        "materializing the Dagster asset; the flags below override params.yaml's ingest section")
+                        "materializing the Dagster asset. In both modes the flags below override params.yaml's ingest "
+                        "section (as --set ingest.<key>=...); --url-list alone reads an img2dataset URL list (column "
+                        "`url`, http(s) URLs): add --url-col, or --set ingest.local_paths=true for local files")
     for flag, (_, kind, text) in INGEST_FLAGS.items():
         ingest.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
     stages["pretrain"].add_argument("--resume", action="store_true", help="continue an interrupted training from "
@@ -488,12 +498,15 @@ def run_command(args: argparse.Namespace) -> None:
     if args.command == "data":
         build_data(args)
     elif args.command == "ingest" and args.output_dir:
+        args.overrides = [*args.overrides, *ingest_flag_overrides(args)]
         standalone_ingest(args)
     elif args.command == "filter" and (args.input_dir or args.output_dir):
         if not (args.input_dir and args.output_dir):
             raise CommandError("filter: --input-dir and --output-dir go together")
         standalone_filter(args)
     elif args.command in BY_NAME:
+        if args.command == "ingest":  # the flags apply to the asset too, as --set overrides
+            args.overrides = [*args.overrides, *ingest_flag_overrides(args)]
         load_config(args)  # a bad params file or override fails here, before Dagster and the stage's libraries load
         resume = {"clip_model": {"resume": True}} if getattr(args, "resume", False) else None
         materialize_assets([BY_NAME[args.command].asset], args.params, args.overrides, resume, args.debug)

@@ -58,10 +58,17 @@ def read_url_list(path: str | Path, fmt: str, url_col: str, caption_col: str) ->
         raise FileNotFoundError(f"input {path} does not exist")
     if path.stat().st_size == 0:  # polars would say "empty CSV" or fail to infer a type, without the file's name
         raise ValueError(f"{path}: the input is empty (0 bytes); nothing to ingest")
-    table = _read_table(path, fmt)
+    try:
+        table = _read_table(path, fmt)
+    except pl.exceptions.PolarsError as err:  # a stale input_format: parquet bytes read as jsonl, csv as parquet...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot be read as {fmt} (ingest.input_format): {reason}") from err
     for column, role in ((url_col, "url"), (caption_col, "caption")):
         if column not in table.columns:
-            raise ValueError(f"{path}: no {role} column {column!r} (--{role}-col); columns are {table.columns}")
+            other = next((f for f, sep in (("csv", ","), ("tsv", "\t")) if f != fmt and sep in table.columns[0]), None)
+            hint = f" (one column: is it {other}? ingest.input_format)" if len(table.columns) == 1 and other else ""
+            raise ValueError(f"{path}: no {role} column {column!r} (--{role}-col, ingest.{role}_col); columns are "
+                             f"{table.columns}{hint}")
     table = table.rename({url_col: "url", caption_col: "caption"}).with_columns(
         pl.col("url").cast(pl.String), pl.col("caption").cast(pl.String)
     )
@@ -126,7 +133,11 @@ def read_webdataset(paths: list[Path]) -> pl.DataFrame:
     """
     rows = []
     for shard in paths:
-        with tarfile.open(shard) as tar:
+        try:
+            tar = tarfile.open(shard)  # noqa: SIM115 (closed below)
+        except tarfile.ReadError as err:
+            raise ValueError(f"{shard}: not a tar shard (ingest.input_format=webdataset)") from err
+        with tar:
             samples = _group_samples(shard, tar, rows)
         for key, sample, repeat in samples:
             if "image" not in sample:
@@ -174,9 +185,12 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> pl.Data
     """COCO captions JSON: one row per annotation; images resolve under `image_root` (default: the JSON's folder),
     or to `coco_url` when the file is not there."""
     path = Path(path)
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not COCO captions JSON (ingest.input_format=coco): {err}") from err
     for key in ("images", "annotations"):
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise ValueError(f"{path}: not COCO captions JSON (no {key!r} list)")
     root = (Path(image_root) if image_root else path.parent).resolve()
     images = {}
@@ -191,8 +205,17 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> pl.Data
 
 
 def read_input(config: IngestConfig) -> pl.DataFrame:
-    """`read_source` of the ingest config's input."""
-    return read_source(config.input, config.input_format, config.url_col, config.caption_col, config.image_root)
+    """`read_source` of the ingest config's input; a URL list whose `url_col` holds no http(s) URL at all while
+    `local_paths` is off (every row would fail: it lists local files) raises ValueError before any work starts."""
+    table = read_source(config.input, config.input_format, config.url_col, config.caption_col, config.image_root)
+    fmt = detect_format(config.input) if config.input_format == "auto" else config.input_format
+    if fmt in TABLE_FORMATS and not config.local_paths:
+        urls = table.filter(pl.col("source_error").is_null())["url"].drop_nulls()
+        if urls.len() and not urls.str.contains(r"(?i)^https?://").any():
+            raise ValueError(f"{config.input}: column {config.url_col!r} holds no http(s) URL (first: {urls[0]!r}); "
+                             "a table of local files needs ingest.local_paths=true (and ingest.data_root, the folder "
+                             "they lie in)")
+    return table
 
 
 def read_source(path: str | Path, fmt: str = "auto", url_col: str = "url", caption_col: str = "caption",
@@ -208,14 +231,28 @@ def read_source(path: str | Path, fmt: str = "auto", url_col: str = "url", capti
     return table
 
 
+def _auto_hint(path: Path) -> str:
+    """`; auto reads it as <format>` where the name tells one, for errors about a stale `input_format`."""
+    try:
+        return f"; auto reads it as {detect_format(path)}"
+    except ValueError:
+        return ""
+
+
 def _read_any(path: Path, fmt: str, url_col: str, caption_col: str, image_root: str | None) -> pl.DataFrame:
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: unknown input format {fmt!r}; choose one of {FORMATS} or auto")
+    if (fmt == "folder") != path.is_dir() and not (fmt == "webdataset" and path.is_dir()):
+        what = "a folder" if path.is_dir() else "a file"
+        raise ValueError(f"{path} is {what}, not {'a folder' if fmt == 'folder' else f'a {fmt} file'} "
+                         f"(ingest.input_format={fmt}){_auto_hint(path)}")
     if fmt in TABLE_FORMATS:
         return read_url_list(path, fmt, url_col, caption_col)
     if fmt == "folder":
         return read_folder(path)
     if fmt == "webdataset":
         shards = sorted(path.resolve().glob("*.tar")) if path.is_dir() else [path.resolve()]
+        if not shards:
+            raise ValueError(f"{path}: no *.tar shards in the folder (ingest.input_format=webdataset)")
         return read_webdataset(shards)
-    if fmt == "coco":
-        return read_coco(path, image_root)
-    raise ValueError(f"{path}: unknown input format {fmt!r}; choose one of {FORMATS} or auto")
+    return read_coco(path, image_root)

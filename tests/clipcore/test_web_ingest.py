@@ -218,7 +218,7 @@ def read_manifest_after(tmp_path, config, name):
 
 def test_structural_errors_name_the_file_and_column(tmp_path):
     (tmp_path / "urls.csv").write_text("link,caption\nhttp://x/a.jpg,hello there you\n")
-    with pytest.raises(ValueError, match=r"urls.csv: no url column 'url' \(--url-col\)"):
+    with pytest.raises(ValueError, match=r"urls.csv: no url column 'url' \(--url-col, ingest.url_col\)"):
         read_source(tmp_path / "urls.csv")
     with pytest.raises(ValueError, match=r"urls.csv: no caption column 'text'"):
         read_source(tmp_path / "urls.csv", url_col="link", caption_col="text")

@@ -84,7 +84,7 @@ def test_standalone_ingest_flags_are_range_checked(tmp_path):
     args = ["--params", str(tmp_path / "params.yaml"), "--output-dir", str(tmp_path / "out"), "--shard-size", "0"]
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", *args], capture_output=True, text=True)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == ["clip-pipeline: ingest.shard_size: 0 is not >= 1"]
+    assert result.stderr.strip().splitlines() == ["clip-pipeline: params.ingest.shard_size: 0 is not >= 1"]
     assert not (tmp_path / "out").exists()
 
 
