@@ -50,6 +50,14 @@ class StageWrite:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def copy_into_place(source: Path, target: Path) -> None:
+    """Copy `source` to `target` (a file DVC keeps in git beside the stage folders: outputs/metrics.json,
+    outputs/history.json), replaced whole, so a reader never sees half of it."""
+    tmp = target.with_name(f"{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def _lock_path(outputs_dir: Path, name: str) -> Path:
     locks = Path(outputs_dir) / LOCKS
     locks.mkdir(parents=True, exist_ok=True)

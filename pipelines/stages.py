@@ -40,6 +40,10 @@ class Stage:
     """Upstream assets whose outputs/<asset>/ it reads."""
     metrics: str | None = None
     """A DVC metrics file it writes (not cached)."""
+    plots: str | None = None
+    """The file dvc.yaml's plots read, which it writes: an out kept in git (not cached), so `dvc plots diff <rev>`
+    finds any revision's curves without that revision's outputs in the DVC cache. A plain out, not a stage `plots:`
+    entry, which would add a default plot of every column."""
 
     @property
     def module(self) -> str:
@@ -67,7 +71,7 @@ STAGES: tuple[Stage, ...] = (
           code=("clipcore/train", "clipcore/data", "pipelines/assets/pretrain.py", "pipelines/pretrain_stage.py",
                 "pipelines/pipes_train.py", "pipelines/loopback_torchrun.py", "pipelines/tracking.py",
                 "pipelines/clip_pyfunc.py", *MODEL_CODE),
-          reads=("caption_shards", "filtered_captions")),
+          reads=("caption_shards", "filtered_captions"), plots="outputs/history.json"),
     Stage("evaluate", "evaluation",
           "zero-shot classification, retrieval and a linear probe; write outputs/metrics.json",
           params=("eval", "registry"),
@@ -101,5 +105,7 @@ def dvc_stages() -> dict:
                  "outs": [f"outputs/{s.asset}"]}
         if s.metrics:
             entry["metrics"] = [{s.metrics: {"cache": False}}]
+        if s.plots:
+            entry["outs"].append({s.plots: {"cache": False}})
         out[s.name] = entry
     return out

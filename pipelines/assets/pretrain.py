@@ -21,6 +21,7 @@ from clipcore.model.clip_model import checkpoint_digest
 from pipelines.assets import GROUP, StageConfig
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
 from pipelines.provenance import data_version, provenance_tags, tag_dagster_run
+from pipelines.publish import copy_into_place
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import (
     TRAIN_SUMMARY,
@@ -113,6 +114,8 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
                              run_id=run.info.run_id, model_name=cfg.registry.model_name, model_version=version,
                              model_uri=model_uri, loss=cfg.loss.name, config=params, checkpoint_sha256=digest)
         stage.publish(value)
+        # DVC's plots file, in git: `dvc plots diff main` finds the baseline's curves with no DVC cache
+        copy_into_place(Path(value.history), Path(pipeline.outputs_dir) / "history.json")
     return Output(value, metadata={
         "mlflow_run_id": run.info.run_id, "mlflow_run": MetadataValue.url(run_link(run.info.run_id)),
         "registered_model": f"{cfg.registry.model_name} v{version}",

@@ -169,7 +169,7 @@ def copy_project_with_placeholders(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     stages = dvc_stages()
     deps = {param(params, d[2:-1]) if d.startswith("${") else d for s in stages.values() for d in s["deps"]}
-    outs = {o for s in stages.values() for o in s["outs"]}
+    outs = {o for s in stages.values() for o in s["outs"] if isinstance(o, str)}  # stage folders
     missing = {p for p in deps - outs if not (repo / p).exists()}
     for path in sorted(missing, key=len, reverse=True):  # deepest first: a path under another makes it a folder
         if not (repo / path).exists():
@@ -178,9 +178,10 @@ def copy_project_with_placeholders(repo: Path) -> None:
     for out in outs:
         (repo / out).mkdir(parents=True, exist_ok=True)
         (repo / out / "placeholder.txt").write_text(f"placeholder {out}\n")
-    for s in STAGES:
-        if s.metrics and not (repo / s.metrics).exists():
-            (repo / s.metrics).write_text("{}\n")
+    for s in STAGES:  # the git-tracked files beside them
+        for name in (s.metrics, s.plots):
+            if name and not (repo / name).exists():
+                (repo / name).write_text("{}\n" if name == s.metrics else "[]\n")
 
 
 def test_dvc_status_reports_the_stage_whose_code_changed(tmp_path):
