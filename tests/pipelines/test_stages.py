@@ -32,7 +32,8 @@ NEVER_CALLED = {
     # pipelines/resources.py's MLflowResource.setup imports pipelines.tracking (and its champion_checkpoint the model
     # code); the ingest asset uses no MLflow.
     "ingest": {"pipelines/tracking.py", "clipcore/evaluate/__init__.py", "clipcore/evaluate/metric_names.py",
-               *(f"clipcore/model/{m}.py" for m in ("__init__", "clip_model", "prompts", "tokenizer", "towers"))},
+               *(f"clipcore/model/{m}.py" for m in ("__init__", "clip_model", "open_clip_format", "prompts",
+                                                    "tokenizer", "towers"))},
     # pipelines.tracking.log_evaluation imports clipcore.evaluate.metric_names; only the evaluate asset calls it.
     "pretrain": {"clipcore/evaluate/__init__.py", "clipcore/evaluate/metric_names.py", *_REGISTER_SHARDS},
     **{name: _REGISTER_SHARDS for name in ("filter", "evaluate", "promote", "report")},
