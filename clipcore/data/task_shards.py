@@ -54,7 +54,8 @@ class EvalTask:
 
     @property
     def name(self) -> str:
-        return self.root.name
+        """The folder's name (CLIP_benchmark's `wds/<name>`); `.` is named after the folder it means."""
+        return self.root.absolute().name
 
     def has_split(self, split: str) -> bool:
         return (self.root / split / "nshards.txt").is_file()
