@@ -34,7 +34,7 @@ dataset: ## Fashion-MNIST from Debian where possible (otherwise `clip-pipeline d
 		|| echo "note: apt could not install dataset-fashion-mnist; the data step will download it"
 
 data: setup ## build the caption dataset under data/ (deterministic: matches data.dvc)
-	@test -f data/fashion_mnist/captions.csv || uv run --frozen clip-pipeline data
+	@test -f data/fashion_mnist/captions.csv -a -f data/eval_tasks/faces/test/nshards.txt || uv run --frozen clip-pipeline data
 	$(DVC) add --quiet data
 	@git diff --quiet data.dvc || echo "warning: data/ differs from the committed data.dvc"
 

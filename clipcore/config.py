@@ -317,8 +317,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Zero-shot classification and retrieval."""
+    """Zero-shot classification and retrieval: the labeled test set below, the held-out caption pairs, and the tasks of
+    `tasks`, averaged as DataComp does (`eval_average`)."""
 
+    name: str = "fashion_mnist"
+    """Task name of the labeled test set below in the suite (`task/<name>/...` in metrics.json)."""
+    tasks: str = ""
+    """More evaluation tasks in CLIP_benchmark's webdataset layout: a task folder, a folder of task folders, or a
+    suite file listing them one per line; empty: none (`clip-pipeline export-eval-task` writes tasks)."""
     test_images: str = "data/fashion_mnist/test/t10k-images-idx3-ubyte.gz"
     """Labeled test images (IDX format)."""
     test_labels: str = "data/fashion_mnist/test/t10k-labels-idx1-ubyte.gz"
@@ -326,15 +332,17 @@ class EvalConfig:
     labeled_set: str = ""
     """Instead of the IDX files: an ImageFolder tree (one folder per class) or a csv of (path, label)."""
     class_names: str = "fashion_mnist"
-    """Class names in label order: a list shipped in clipcore/prompts or a text file (ImageFolder: folder names)."""
+    """Class names in label order: a list shipped in clipcore/prompts or a text file (an ImageFolder `labeled_set`
+    brings its own: its classnames.txt, else its folder names)."""
     templates: str = "fashion_mnist"
     """Prompt templates: `fashion_mnist`, `imagenet` (CLIP's 80) or a text file with one `{}` per line."""
     max_test_images: int | None = bounded(None, ge=1)
     """Evaluate on at most this many test images (tiny runs); None uses all."""
     probe_images: str = "data/fashion_mnist/train/train-images-idx3-ubyte.gz"
-    """Labeled images (IDX) the linear probe is fitted on (never the test set)."""
+    """Labeled images the test set's linear probe is fitted on (never the test set): IDX images (with
+    `probe_labels`), an ImageFolder tree or a csv of (path, label), labels in the test set's order."""
     probe_labels: str = "data/fashion_mnist/train/train-labels-idx1-ubyte.gz"
-    """Labels of the probe images (IDX)."""
+    """Labels of IDX probe images (unused for a folder or csv)."""
     probe_size: int = bounded(10_000, ge=0)
     """First N probe images used to fit the linear probe; 0 skips the probe."""
     batch_size: int = bounded(1_000, ge=1)

@@ -118,13 +118,21 @@ def materialize_assets(asset_names: list[str], params: str, overrides: list[str]
               f"{', '.join(sorted({m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}))}")
 
 
+SUITE_DIR = "data/eval_tasks"
+"""Where `clip-pipeline data` writes the default suite's tasks beside the test set (params.yaml's eval.tasks)."""
+
+
 def build_data(args: argparse.Namespace) -> None:
-    """Build the default caption dataset (Fashion-MNIST) under data/."""
+    """Build the default caption dataset (Fashion-MNIST) and the default evaluation tasks under data/."""
     config = load_config(args)
+    from clipcore.data.default_suite import build_default_suite
     from clipcore.data.fashion_mnist import build_caption_dataset
 
     counts = build_caption_dataset(config.data)
     print("caption dataset:", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    # the Fashion-MNIST test set is the suite's first task already (eval.test_images, task eval.name)
+    written = build_default_suite(SUITE_DIR, names=("mnist", "digits", "faces"))
+    print(f"evaluation tasks in {SUITE_DIR}:", ", ".join(f"{k} {v}" for k, v in written.items()))
 
 
 def ingest_flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -519,10 +527,10 @@ def run_command(args: argparse.Namespace) -> None:
         predict(args)
     elif args.command == "models":
         list_models(args)
-    elif args.command == "export-eval-task":
-        export_eval_task(args)
     elif args.command == "export":
         export(args)
+    elif args.command == "export-eval-task":
+        export_eval_task(args)
     elif args.command == "dvc-yaml":
         write_dvc_yaml(args)
 

@@ -72,6 +72,8 @@ class Evaluation:
     test_set: dict  # the eval params the metrics were measured with
     model_config: dict  # the size and channels the model reads images at
     overrides: list[str]
+    holdout: str  # the held-out pairs scored (the gate scores the champion on the same ones)
+    shard_root: str  # the ingest folder holding their images
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ Class names and templates: clipcore/prompts (`fashion_mnist`, `mnist` for both d
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,21 +105,30 @@ def faces_task() -> SuiteTask:
 
 
 def default_tasks(fashion_mnist_root: str | Path = "data/fashion_mnist",
-                  probe_size: int = PROBE_SIZE) -> list[Callable[[], SuiteTask]]:
-    """The suite's tasks, each built only when called (the package data loads then)."""
-    return [lambda: fashion_mnist_task(fashion_mnist_root, probe_size), mnist_task, digits_task, faces_task]
+                  probe_size: int = PROBE_SIZE) -> dict[str, Callable[[], SuiteTask]]:
+    """The suite's tasks by name, each built only when called (the package data loads then)."""
+    return {"fashion_mnist": lambda: fashion_mnist_task(fashion_mnist_root, probe_size), "mnist": mnist_task,
+            "digits": digits_task, "faces": faces_task}
 
 
 def build_default_suite(out: str | Path, fashion_mnist_root: str | Path = "data/fashion_mnist",
-                        probe_size: int = PROBE_SIZE, image_format: str = "png") -> dict[str, dict[str, int]]:
-    """Write the default suite under `out`, one task folder each (`out/fashion_mnist`, `out/mnist`, ...).
+                        probe_size: int = PROBE_SIZE, image_format: str = "png",
+                        names: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """Write the default suite (or its tasks in `names`) under `out`, one task folder each (`out/fashion_mnist`,
+    `out/mnist`, ...).
 
     Returns:
         {task name: {split: images written}}.
     """
     out = Path(out)
     written = {}
-    for build in default_tasks(fashion_mnist_root, probe_size):
+    builders = default_tasks(fashion_mnist_root, probe_size)
+    unknown = sorted(set(names or ()) - set(builders))
+    if unknown:
+        raise ValueError(f"no default evaluation task named {unknown[0]!r}; known: {sorted(builders)}")
+    for name, build in builders.items():
+        if names is not None and name not in names:
+            continue
         task = build()
         counts = {"test": write_classification_task(out / task.name, task.test, task.templates, "test",
                                                     image_format=image_format)}

@@ -1,10 +1,10 @@
-"""The promotion decision: the candidate against the champion, both measured on the same test set now."""
+"""The promotion decision: the candidate against the champion, both measured on the same evaluation suite now."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipcore.evaluate.metric_names import GATE
+from clipcore.evaluate.metric_names import GATE, is_task_main_metric
 
 
 @dataclass(frozen=True)
@@ -19,25 +19,30 @@ class Decision:
     champion: dict[str, float] | None
 
 
+def gate_view(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a decision records: the GATE keys and every task's main metric (the report's per-task rows)."""
+    return {k: v for k, v in metrics.items() if k in GATE or is_task_main_metric(k)}
+
+
 def decide(candidate_version: str, candidate: dict[str, float], champion_version: str | None,
            champion: dict[str, float] | None, alias: str = "champion", champion_error: str | None = None) -> Decision:
     """Promote when there is no champion (or it is the candidate itself) or when the candidate's first GATE metric
-    (zero-shot top-1) is higher than the champion's on the same test set.
+    (the evaluation suite's average) is higher than the champion's, measured now on the same suite.
 
     `champion_error` says why the champion could not be measured (its artifacts are gone): the loadable candidate is
     promoted, so that the alias points at a model that can be served again, and the reason says so.
     """
     key = GATE[0]
-    candidate = {k: candidate[k] for k in GATE}
+    candidate = gate_view(candidate)
     if champion_error is not None and champion_version not in (None, candidate_version):
-        return Decision(True, f"v{candidate_version} top-1 {candidate[key]:.4f}: {champion_error}, so the loadable "
+        return Decision(True, f"v{candidate_version} {key} {candidate[key]:.4f}: {champion_error}, so the loadable "
                         f"candidate is now @{alias}", candidate_version, candidate, champion_version, None)
     if champion_version is None or champion_version == candidate_version or champion is None:
-        return Decision(True, f"v{candidate_version} top-1 {candidate[key]:.4f}: no champion before, now @{alias}",
+        return Decision(True, f"v{candidate_version} {key} {candidate[key]:.4f}: no champion before, now @{alias}",
                         candidate_version, candidate, None, None)
     promoted = candidate[key] > champion[key]
     verb = "beats" if promoted else "does not beat"
-    reason = (f"v{candidate_version} top-1 {candidate[key]:.4f} {verb} champion v{champion_version}'s "
-              f"{champion[key]:.4f} on the same test set"
+    reason = (f"v{candidate_version} {key} {candidate[key]:.4f} {verb} champion v{champion_version}'s "
+              f"{champion[key]:.4f} on the same evaluation suite"
               + (f": now @{alias}" if promoted else f": v{champion_version} stays @{alias}"))
     return Decision(promoted, reason, candidate_version, candidate, champion_version, champion)

@@ -34,6 +34,7 @@ class ReportInputs:
     runs: list[dict] = field(default_factory=list)  # every training run: filter settings, loss, top-1
     confused_pairs: list[dict] = field(default_factory=list)  # true, predicted, count, images: [uint8 arrays]
     comparison: list[dict] = field(default_factory=list)  # candidate vs champion on the same test set
+    suite: list[dict] = field(default_factory=list)  # one row per evaluation task: its main metric, both models
 
 
 def _figure_to_data_uri(fig: plt.Figure) -> str:
@@ -150,6 +151,10 @@ def render_report(inputs: ReportInputs) -> str:
         ("Summary", f"<p>{html.escape(inputs.decision)}</p>" + _table(
             {k: inputs.metrics[k] for k in SUMMARY if k in inputs.metrics})
          + "<h3>Candidate vs champion (same test set)</h3>" + _rows_table(inputs.comparison)),
+        ("Evaluation suite", "<p>Each task's main metric (DataComp's: top-1, mean per-class recall for the tasks it "
+         "scores so, mean of both R@1 for retrieval), the candidate beside the champion measured now on the same "
+         "task; the average is their unweighted mean, which the promotion gate compares.</p>"
+         + _rows_table(inputs.suite)),
         ("Data funnel", f'<img src="{plot_funnel(f)}" alt="data funnel">' + _table(funnel_rows)),
         ("Training", f'<img src="{plot_training(inputs.history)}" alt="training curves">'
          + (f'<img src="{plot_diagnostics(inputs.history)}" alt="margin diagnostics">'
@@ -192,7 +197,9 @@ def render_summary(inputs: ReportInputs) -> str:
     lines = [
         "# CLIP pipeline report", "", inputs.decision, "",
         "| metric | value |", "|---|---|",
-        *[f"| {k} | {m[k]:.4f} |" for k in m if k.startswith(("zero_shot", "retrieval"))],
+        *[f"| {k} | {m[k]:.4f} |" for k in m if k.startswith(("eval_average", "zero_shot", "retrieval"))],
+        "", "| task | main metric | candidate |", "|---|---|---|",
+        *[f"| {row['task']} | {row['main metric']} | {_fmt(list(row.values())[4])} |" for row in inputs.suite],
         "", f"Data: {inputs.funnel['rows_in']:,} rows in, {inputs.funnel['kept']:,} kept, "
         f"{inputs.funnel['rejected']:,} rejected.", "",
         f"![zero-shot accuracy per class]({plot_per_class(inputs.class_names, inputs.per_class_accuracy)})",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipcore.config import EvalConfig, ModelConfig
+from clipcore.evaluate.metric_names import EVAL_AVERAGE, TASK_PREFIX, task_metric
 from clipcore.evaluate.stage import load_holdout, open_test_set
 from clipcore.report.render import ReportInputs, render_report, render_summary
 
@@ -29,11 +30,30 @@ class ReportSources:
     config: dict  # the training configuration shown
 
 
+def suite_rows(details: dict, decision: dict) -> list[dict]:
+    """One row per evaluation task (and the average): its main metric, the candidate's value beside the champion's
+    on the same task now, and the delta."""
+    champion = decision.get("champion") or {}
+    candidate_label, champion_label = f"v{decision['candidate_version']}", f"v{decision['champion_version'] or '-'}"
+    rows = []
+    for task in [*details.get("suite", []), {"name": "average", "kind": "", "size": "", "main_metric": "",
+                                             "value": decision["candidate"].get(EVAL_AVERAGE)}]:
+        key = EVAL_AVERAGE if task["name"] == "average" else task_metric(task["name"])
+        other = champion.get(key)
+        rows.append({"task": task["name"], "kind": task["kind"], "images": task["size"],
+                     "main metric": task["main_metric"], f"candidate {candidate_label}": task["value"],
+                     f"champion {champion_label}": "-" if other is None else other,
+                     "delta": "-" if other is None else f"{task['value'] - other:+.4f}"})
+    return rows
+
+
 def comparison_rows(decision: dict) -> list[dict]:
-    """Candidate beside the champion (both on the same test set) with the deltas."""
+    """Candidate beside the champion (both on the same test set) with the deltas (the tasks' rows are the suite's)."""
     champion = decision.get("champion") or {}
     rows = []
     for key, value in decision["candidate"].items():
+        if key.startswith(TASK_PREFIX):
+            continue
         other = champion.get(key)
         rows.append({"metric": key, f"candidate v{decision['candidate_version']}": value,
                      f"champion v{decision['champion_version'] or '-'}": "-" if other is None else other,
@@ -75,6 +95,7 @@ def build_report(src: ReportSources, out: str | Path) -> str:
         identifiers=src.identifiers,
         decision=src.decision["reason"],
         comparison=comparison_rows(src.decision),
+        suite=suite_rows(details, src.decision),
         runs=src.runs,
         confused_pairs=confused_examples(details, src),
         config=src.config,

@@ -59,7 +59,8 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
                            details=str(stage.final / "details.json"), metrics=result.metrics,
                            model_version=clip_model.model_version, checkpoint_sha256=clip_model.checkpoint_sha256,
                            test_set=dataclasses.asdict(cfg.eval), model_config=dataclasses.asdict(result.model_config),
-                           overrides=list(config.overrides))
+                           overrides=list(config.overrides), holdout=clip_model.holdout,
+                           shard_root=caption_shards.dir)
         stage.publish(value)
         # DVC's metrics file: a copy of the published one, replaced whole (the report checks the two agree)
         metrics_path = Path(pipeline.outputs_dir) / "metrics.json"

@@ -7,7 +7,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext,
 
 from clipcore.config import EvalConfig, from_dict
 from clipcore.evaluate.promotion import decide
-from clipcore.evaluate.stage import zero_shot_on_test_set
+from clipcore.evaluate.stage import gate_metrics
 from pipelines.assets import GROUP, StageConfig
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import (
@@ -22,8 +22,8 @@ from pipelines.values import Champion, Evaluation, TrainedModel
 
 def champion_on_test_set(clip_model: TrainedModel, evaluation: Evaluation) -> tuple[str | None, dict | None,
                                                                                    str | None]:
-    """(champion version, its metrics on the candidate's test set, why it could not be measured) before the decision:
-    the champion on today's test set, not its old tags."""
+    """(champion version, its metrics on the candidate's evaluation suite, why it could not be measured) before the
+    decision: the champion on today's suite and held-out pairs, not its old tags."""
     try:
         before, checkpoint = champion_checkpoint(clip_model.model_name)
     except ChampionUnavailable as err:
@@ -31,7 +31,8 @@ def champion_on_test_set(clip_model: TrainedModel, evaluation: Evaluation) -> tu
     if before is None or before == clip_model.model_version:
         return before, None, None
     try:
-        return before, zero_shot_on_test_set(checkpoint, from_dict(EvalConfig, evaluation.test_set)), None
+        return before, gate_metrics(checkpoint, evaluation.holdout, evaluation.shard_root,
+                                    from_dict(EvalConfig, evaluation.test_set)), None
     except (OSError, ValueError, RuntimeError) as err:  # a checkpoint that does not load (another code version)
         return before, None, f"champion v{before} cannot be loaded ({type(err).__name__}: {err})"
 
@@ -39,10 +40,10 @@ def champion_on_test_set(clip_model: TrainedModel, evaluation: Evaluation) -> tu
 @asset(group_name=GROUP, kinds={"mlflow"})
 def champion(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
              mlflow_store: MLflowResource, clip_model: TrainedModel, evaluation: Evaluation) -> Output[Champion]:
-    """The promotion gate: re-measures the current champion on the candidate's test set, moves the registry's
-    `champion` alias to the candidate only if its zero-shot top-1 is higher, and records the decision (with both sets
-    of numbers) on the candidate's version and in outputs/champion/decision.json. A champion that cannot be loaded
-    any more is reported, and the candidate takes the alias."""
+    """The promotion gate: re-measures the current champion on the candidate's evaluation suite, moves the
+    registry's `champion` alias to the candidate only if its suite average is higher, and records the decision
+    (with both sets of numbers) on the candidate's version and in outputs/champion/decision.json. A champion that
+    cannot be loaded any more is reported, and the candidate takes the alias."""
     cfg = pipeline.load_config("promote", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
     if (evaluation.model_version, evaluation.checkpoint_sha256) != (clip_model.model_version,
@@ -61,6 +62,8 @@ def champion(context: AssetExecutionContext, config: StageConfig, pipeline: Pipe
         stage.publish(value)
     return Output(value, metadata={
         "promoted": decision.promoted, "decision": decision.reason,
+        "candidate_eval_average": decision.candidate["eval_average"],
+        "champion_eval_average_same_suite": (decision.champion or {}).get("eval_average", -1.0),
         "candidate_top1": decision.candidate["zero_shot_top1"],
         "champion_top1_same_test_set": (decision.champion or {}).get("zero_shot_top1", -1.0),
         "champion_version_before": decision.champion_version or "none",

@@ -15,9 +15,11 @@ from PIL import Image
 
 from clipcore.config import EvalConfig, ModelConfig, PipelineConfig, apply_overrides
 from clipcore.data.labeled_sets import LabeledSet, idx_set, tensor_set
+from clipcore.data.task_export import write_classification_task
 from clipcore.evaluate.evaluation import evaluate_model, zero_shot
 from clipcore.evaluate.metric_names import CONTRACT, GATE, LINEAR_PROBE
-from clipcore.evaluate.stage import open_test_set, run_evaluation, zero_shot_on_test_set
+from clipcore.evaluate.promotion import gate_view
+from clipcore.evaluate.stage import HELDOUT_TASK, gate_metrics, open_test_set, run_evaluation
 from clipcore.evaluate.zero_shot import ClassificationTally
 from clipcore.ingest.stage import ShardWriter
 from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
@@ -215,9 +217,12 @@ def test_evaluate_stage_streams_the_test_set_and_keeps_its_outputs(idx_files, mo
             writer.write(f"{i:09d}", {"png": png(images[i]), "txt": f"a photo of a {CLASSES[labels[i]]}".encode()})
     pl.DataFrame({"uid": [f"{i:09d}" for i in range(30)], "shard": ["00000.tar"] * 30}).write_parquet(
         tmp_path / "holdout.parquet")
+    labeled = idx_set(images_path, labels_path, CLASSES)
+    write_classification_task(tmp_path / "suite" / "mini", tensor_set(*labeled.load(), CLASSES), TEMPLATES)
     e = EvalConfig(test_images=str(images_path), test_labels=str(labels_path),
                    class_names=str(tmp_path / "classes.txt"), probe_images=str(images_path),
-                   probe_labels=str(labels_path), probe_size=150, batch_size=40, device="cpu")
+                   probe_labels=str(labels_path), probe_size=150, batch_size=40, device="cpu",
+                   name="toy", tasks=str(tmp_path / "suite"))
     result = run_evaluation(checkpoint, tmp_path / "holdout.parquet", tmp_path, e, tmp_path / "out",
                             tmp_path / "metrics.json")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -228,7 +233,15 @@ def test_evaluate_stage_streams_the_test_set_and_keeps_its_outputs(idx_files, mo
     assert details["confused_pairs"] and all(
         pair["examples"] == examples[CLASSES.index(pair["true"]), CLASSES.index(pair["predicted"])]
         for pair in details["confused_pairs"])
-    assert zero_shot_on_test_set(checkpoint, e) == {k: metrics[k] for k in GATE}
+    # the suite: the test set, the held-out pairs' retrieval and the exported task (the same images again)
+    mains = {t: metrics[f"task/{t}/main_metric"] for t in ("toy", HELDOUT_TASK, "mini")}
+    assert mains["toy"] == metrics["zero_shot_top1"] and mains["mini"] == pytest.approx(metrics["zero_shot_top1"])
+    assert mains[HELDOUT_TASK] == pytest.approx(
+        (metrics["retrieval_image_to_text_r1"] + metrics["retrieval_text_to_image_r1"]) / 2)
+    assert metrics["eval_average"] == pytest.approx(sum(mains.values()) / 3)
+    assert [t["name"] for t in details["suite"]] == ["toy", HELDOUT_TASK, "mini"]
+    gate = gate_metrics(checkpoint, tmp_path / "holdout.parquet", tmp_path, e)  # measured again
+    assert gate == gate_view(metrics) and set(GATE) < set(gate)
     test_set = open_test_set(e, result.model_config)
     picked = test_set.pick({0, 7, 150, 202}, batch_size=40)  # across batches, as the report's thumbnails
     assert all(torch.equal(picked[i], torch.from_numpy(images[i])) for i in (0, 7, 150, 202))
