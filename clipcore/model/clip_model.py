@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from clipcore.config import ModelConfig, from_dict
+from clipcore.config import ModelConfig
 from clipcore.data.images import LEGACY_MEAN, LEGACY_STD, channel_stats, normalize_uint8
 from clipcore.model.prompts import load_templates
 from clipcore.model.tokenizer import EOT, PAD, SOT, load_tokenizer
@@ -28,6 +28,7 @@ from clipcore.model.towers import (
     check_towers,
     resolve_model_config,
 )
+from clipcore.params import from_dict
 
 TEMPLATES_FILE = "templates.txt"
 hf_logging.set_verbosity_error()  # tiny configs trip transformers' warnings about CLIP's default token ids

@@ -5,9 +5,10 @@ import json
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, Output, asset, asset_check
 
-from clipcore.config import EvalConfig, from_dict
+from clipcore.config import EvalConfig
 from clipcore.evaluate.promotion import decide
 from clipcore.evaluate.stage import gate_metrics
+from clipcore.params import from_dict
 from pipelines.assets import GROUP, StageConfig
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import (

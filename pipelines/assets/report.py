@@ -16,7 +16,8 @@ from dagster import (
     asset_check,
 )
 
-from clipcore.config import EvalConfig, ModelConfig, from_dict
+from clipcore.config import EvalConfig, ModelConfig
+from clipcore.params import from_dict
 from clipcore.report.stage import ReportSources, build_report
 from pipelines.assets import GROUP, StageConfig
 from pipelines.provenance import tag_dagster_run

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clipcore.config import IngestConfig, PipelineConfig, apply_overrides, check_ranges, flatten, load_params
+from clipcore.config import IngestConfig, PipelineConfig, apply_overrides, flatten, load_params
+from clipcore.params import check_ranges
 
 
 def config_classes(cls: type = PipelineConfig) -> list[type]:
