@@ -13,8 +13,8 @@ from dataclasses import dataclass
 # Code every stage process runs: the CLI, the launcher, the typed values, resources and the IO manager.
 COMMON_CODE = ("clipcore/__init__.py", "clipcore/config.py", "clipcore/params.py", "pipelines/__init__.py",
                "pipelines/cli.py", "pipelines/dvc_yaml.py", "pipelines/launch.py", "pipelines/stages.py",
-               "pipelines/values.py", "pipelines/io.py", "pipelines/publish.py", "pipelines/processes.py", "pipelines/resources.py",
-               "pipelines/assets/__init__.py", "pipelines/provenance.py")
+               "pipelines/values.py", "pipelines/io.py", "pipelines/publish.py", "pipelines/processes.py",
+               "pipelines/resources.py", "pipelines/assets/__init__.py", "pipelines/provenance.py")
 # What loading a model (a checkpoint, or a registered pyfunc) runs.
 MODEL_CODE = ("clipcore/model", "clipcore/prompts", "clipcore/data/images.py")
 EVAL_CODE = ("clipcore/evaluate", "clipcore/data", *MODEL_CODE)
