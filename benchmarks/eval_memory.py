@@ -7,8 +7,9 @@ checkout (`--before`), each measurement a fresh process, on the same synthetic d
 
 Data (made once under `--data`): 256-px RGB JPEGs of smooth noise (about 31 KB each; web images from img2dataset
 at 256 px are about 19 KB).
-- zero-shot: `zero_shot_on_test_set` (the promotion gate's entry point before the suite; its body for this code) on
-  a csv labeled set of the first N images (10 classes, the fashion_mnist templates) with a tiny ViT checkpoint at 128 px RGB;
+- zero-shot: `zero_shot_on_test_set` (the promotion gate's entry point before the suite; its body for this code)
+  on a csv labeled set of the first N images (10 classes, the fashion_mnist templates) with a tiny ViT checkpoint at
+  128 px RGB;
 - CLIP score: `run_filter` with `filter.clip_score` on, scored by a tiny local Hugging Face CLIP, on an ingest folder
   of N rows (ingested once with this code, 2,000 rows a shard, JPEG), language rule off.
 Both run on the CPU. Peak RSS is the child's ru_maxrss (imports and models included); the zero-shot top-1 and the
