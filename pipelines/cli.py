@@ -165,14 +165,16 @@ def standalone_filter(args: argparse.Namespace) -> None:
     config = load_config(args)
     from clipcore.filter.stage import run_filter
 
-    load_embedders = None
-    if config.filter.clip_score.enabled:
+    load_embedders, filter_config = None, config.filter
+    if config.filter.clip_score.enabled:  # default scorer: the champion of params' dataset (ingest.input)
+        from pipelines.provenance import with_default_scorer
         from pipelines.resources import MLflowResource
         from pipelines.tracking import mlflow_embedders
 
+        filter_config = with_default_scorer(config.filter, config.registry.model_name, config.ingest.input)
         MLflowResource().setup(config.registry.experiment)
         load_embedders = mlflow_embedders
-    print(json.dumps(run_filter(args.input_dir, config.filter, args.output_dir, load_embedders).counts, indent=2))
+    print(json.dumps(run_filter(args.input_dir, filter_config, args.output_dir, load_embedders).counts, indent=2))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -198,6 +200,20 @@ def train(args: argparse.Namespace) -> None:
                           "processes": rank_and_world()[1]}, indent=2))
 
 
+def model_name_of(config) -> str:
+    """The registered model name of params' dataset: registry.model_name, or clip-<dataset of ingest.input>."""
+    from pipelines.provenance import registered_model_name
+
+    return registered_model_name(config.registry.model_name, config.ingest.input)
+
+
+def champion_of(config) -> str:
+    """`models:/<registered name>@champion` of params' dataset."""
+    from pipelines.provenance import champion_uri
+
+    return champion_uri(config.registry.model_name, config.ingest.input)
+
+
 def _mlflow_store(registry) -> None:
     """The pipeline's MLflow store (the resource's defaults) and the params' experiment."""
     from pipelines.resources import MLflowResource
@@ -208,8 +224,9 @@ def _mlflow_store(registry) -> None:
 def predict(args: argparse.Namespace) -> None:
     """Zero-shot predictions (or embeddings' shapes, without --labels) for image files; --embeddings-out writes the
     embeddings."""
-    registry = load_config(args).registry
-    model_uri = args.model or f"models:/{registry.model_name}@champion"
+    config = load_config(args)
+    registry = config.registry
+    model_uri = args.model or champion_of(config)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise CommandError(f"predict: no such file: {', '.join(missing)}")
@@ -280,8 +297,9 @@ def warn_unknown_labels(tokenizer, labels: list[str]) -> None:
 
 def list_models(args: argparse.Namespace) -> None:
     """Registered versions with aliases and headline metrics, newest first."""
-    registry = load_config(args).registry
-    name = args.name or registry.model_name
+    config = load_config(args)
+    registry = config.registry
+    name = args.name or model_name_of(config)
     _mlflow_store(registry)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -320,15 +338,15 @@ exports; a ResNet image tower or the MiniLM text tower is refused. The stored pr
 templates.txt."""
 
 
-def resolve_checkpoint(model: str | None, registry) -> Path:
+def resolve_checkpoint(model: str | None, config) -> Path:
     """A checkpoint folder (given, or inside a registered model's artifacts, downloaded like `predict` loads it)."""
     if model and Path(model).is_dir():
         folder = Path(model)
         if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
             raise CommandError(f"export: {folder} is not a checkpoint folder (config.json + model.safetensors)")
         return folder
-    model_uri = model or f"models:/{registry.model_name}@champion"
-    _mlflow_store(registry)
+    model_uri = model or champion_of(config)
+    _mlflow_store(config.registry)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -348,8 +366,7 @@ def resolve_checkpoint(model: str | None, registry) -> Path:
 
 def export(args: argparse.Namespace) -> None:
     """Export a checkpoint folder or registered model (see EXPORT_DOC)."""
-    registry = load_config(args).registry
-    checkpoint = resolve_checkpoint(args.model, registry)
+    checkpoint = resolve_checkpoint(args.model, load_config(args))
     from transformers.utils import logging as hf_logging
 
     from clipcore.model.export import export_model
@@ -447,18 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUTPUT_DIR/train_state.pt (written every train.checkpoint_every steps)")
     p = with_params(sub.add_parser("predict", help="classify image files with a registered model"))
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@champion)")
+    p.add_argument("--model", help="model URI (default: models:/<registered name>@champion, the name being "
+                   "registry.model_name or, when empty, clip-<dataset of ingest.input>)")
     p.add_argument("--labels", help="comma-separated class names; without it, prints embedding shapes")
     p.add_argument("--embeddings-out", metavar="FILE", help="write the images' embeddings (rows in the order given) "
                    "to FILE.parquet (columns path, embedding) or FILE.npy ((n, d) float32)")
     p = with_params(sub.add_parser("models", help="list registered model versions, aliases and metrics"))
-    p.add_argument("--name", help="registered model name (default: params' registry.model_name)")
+    p.add_argument("--name", help="registered model name (default: params' registry.model_name, or clip-<dataset of "
+                   "ingest.input> when empty)")
     p = with_params(sub.add_parser("export", help="write the model as a Hugging Face or open_clip directory",
                                    description=EXPORT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("directory", help="folder to write (created; refused if it exists and is not empty)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="hf", help="target library (default: %(default)s)")
     p.add_argument("--model", help="a checkpoint folder (config.json + model.safetensors) or an MLflow model URI "
-                   "(default: models:/<registry.model_name>@champion)")
+                   "(default: models:/<registered name>@champion of params' dataset)")
     p = sub.add_parser("export-eval-task", help="write labeled images (or the default suite) as a CLIP_benchmark "
                        "evaluation task", description=EXPORT_EVAL_TASK_DOC,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

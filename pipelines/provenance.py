@@ -6,8 +6,10 @@ No MLflow or torch here: the ingest stage tags its Dagster run with these too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import yaml
 MLFLOW_UI_ENV = "MLFLOW_UI_URL"
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"  # the Makefile's `mlflow-ui`
 GENERIC_STEMS = {"captions", "data", "dataset", "images", "index", "labels", "metadata", "train", "urls"}
+CHAMPION = "champion"  # the registry alias of each dataset's best model
+MODEL_PREFIX = "clip-"  # registered name of a dataset's models when registry.model_name is empty: clip-<dataset>
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,29 @@ def dataset_name(ingest_input: str) -> str:
     if stem.lower() in GENERIC_STEMS and path.parent.name:
         return path.parent.name
     return stem or str(ingest_input)
+
+
+def registered_model_name(model_name: str, ingest_input: str) -> str:
+    """The registry name the models of `ingest_input`'s dataset register under: `registry.model_name` when set,
+    else `clip-<dataset>` (`clip-fashion_mnist`), so that training on other data never moves another dataset's
+    `champion`. Characters MLflow model URIs cannot carry (`/`, `@`, spaces...) become `-`."""
+    if model_name:
+        return model_name
+    return MODEL_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name(ingest_input)).strip("-.") or "data")
+
+
+def champion_uri(model_name: str, ingest_input: str) -> str:
+    """`models:/<registered name>@champion` of `ingest_input`'s dataset (see `registered_model_name`)."""
+    return f"models:/{registered_model_name(model_name, ingest_input)}@{CHAMPION}"
+
+
+def with_default_scorer(filter_config, model_name: str, ingest_input: str):
+    """`filter_config` (a clipcore FilterConfig) with an empty `clip_score.model` set to the dataset's champion
+    (`champion_uri`): the CLIP-score filter scores a dataset's pairs with that dataset's own best model."""
+    if filter_config.clip_score.model:
+        return filter_config
+    scorer = dataclasses.replace(filter_config.clip_score, model=champion_uri(model_name, ingest_input))
+    return dataclasses.replace(filter_config, clip_score=scorer)
 
 
 def data_version(ingest_input: str, project: str | Path = ".") -> tuple[str, str] | None:

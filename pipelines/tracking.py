@@ -14,10 +14,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from clipcore.evaluate.metric_names import VERSION_TAGS
 from pipelines.processes import current_owner, owner_is_dead
-from pipelines.provenance import dataset_name, git_state, mlflow_run_url, mlflow_version_url
+from pipelines.provenance import CHAMPION, dataset_name, git_state, mlflow_run_url, mlflow_version_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-CHAMPION = "champion"
 CHECKPOINT_TAG = "checkpoint_sha256"
 PYFUNC_CODE = Path(__file__).with_name("clip_pyfunc.py")
 
@@ -205,8 +204,8 @@ def check_version_checkpoint(model_name: str, version: str, checkpoint_sha256: s
 
 
 def mlflow_embedders(model_uri: str):
-    """(image, text) embedding functions of a registered pyfunc of this project (e.g. models:/clip@champion), for the
-    CLIP-score filter."""
+    """(image, text) embedding functions of a registered pyfunc of this project (e.g.
+    models:/clip-fashion_mnist@champion), for the CLIP-score filter."""
     import pandas as pd
     from mlflow.exceptions import MlflowException
 

@@ -34,6 +34,7 @@ train: {{epochs: 8, batch_size: 64, lr: 0.003, holdout_size: 100, warmup_steps: 
 eval: {{test_images: {data}/test/t10k-images-idx3-ubyte.gz, test_labels: {data}/test/t10k-labels-idx1-ubyte.gz,
         max_test_images: 300, probe_images: {data}/train/train-images-idx3-ubyte.gz,
         probe_labels: {data}/train/train-labels-idx1-ubyte.gz, probe_size: 500}}
+registry: {{model_name: clip}}  # a fixed name for the asset tests; test_registry_per_dataset tests the default
 """
 
 

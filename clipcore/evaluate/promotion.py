@@ -25,9 +25,11 @@ def gate_view(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def decide(candidate_version: str, candidate: dict[str, float], champion_version: str | None,
-           champion: dict[str, float] | None, alias: str = "champion", champion_error: str | None = None) -> Decision:
+           champion: dict[str, float] | None, alias: str = "champion", champion_error: str | None = None,
+           min_improvement: float = 0.0) -> Decision:
     """Promote when there is no champion (or it is the candidate itself) or when the candidate's first GATE metric
-    (the evaluation suite's average) is higher than the champion's, measured now on the same suite.
+    (the evaluation suite's average) beats the champion's, measured now on the same suite, by more than
+    `min_improvement` (registry.min_improvement: a gain inside run-to-run noise leaves the champion in place).
 
     `champion_error` says why the champion could not be measured (its artifacts are gone): the loadable candidate is
     promoted, so that the alias points at a model that can be served again, and the reason says so.
@@ -40,9 +42,11 @@ def decide(candidate_version: str, candidate: dict[str, float], champion_version
     if champion_version is None or champion_version == candidate_version or champion is None:
         return Decision(True, f"v{candidate_version} {key} {candidate[key]:.4f}: no champion before, now @{alias}",
                         candidate_version, candidate, None, None)
-    promoted = candidate[key] > champion[key]
-    verb = "beats" if promoted else "does not beat"
+    gain = round(candidate[key] - champion[key], 9)  # 0.86 - 0.85 is 0.010000000000000009 in floats
+    promoted = gain > min_improvement
+    verb = "beats" if promoted else ("does not beat" if gain <= 0 else "is not clearly better than")
+    margin = f" (gain {gain:+.4f}, needed more than {min_improvement:.4f})" if min_improvement > 0 else ""
     reason = (f"v{candidate_version} {key} {candidate[key]:.4f} {verb} champion v{champion_version}'s "
-              f"{champion[key]:.4f} on the same evaluation suite"
+              f"{champion[key]:.4f} on the same evaluation suite{margin}"
               + (f": now @{alias}" if promoted else f": v{champion_version} stays @{alias}"))
     return Decision(promoted, reason, candidate_version, candidate, champion_version, champion)

@@ -18,6 +18,7 @@ from clipcore.filter.stage import run_filter, sample_rows
 from clipcore.report.render import plot_funnel
 from pipelines.assets import GROUP, StageConfig
 from pipelines.io import markdown_table
+from pipelines.provenance import with_default_scorer
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.values import CaptionShards, FilteredCaptions
 
@@ -28,14 +29,15 @@ def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipel
     """Basic rules, language, exact/near duplicates and CLIP score: kept.parquet and rejected.parquet (one reason
     per rejected row)."""
     cfg = pipeline.load_config("filter", config.overrides)
-    load_embedders = None
+    load_embedders, filter_config = None, cfg.filter
     if cfg.filter.clip_score.enabled:
+        filter_config = with_default_scorer(cfg.filter, cfg.registry.model_name, caption_shards.input)
         mlflow_store.setup(cfg.registry.experiment)
         from pipelines.tracking import mlflow_embedders  # MLflow only when a registered model scores the pairs
 
         load_embedders = mlflow_embedders
     with pipeline.writing("filtered_captions") as stage:
-        result = run_filter(caption_shards.dir, cfg.filter, stage.work, load_embedders)
+        result = run_filter(caption_shards.dir, filter_config, stage.work, load_embedders)
         value = FilteredCaptions(dir=str(stage.final), kept=str(stage.final / "kept.parquet"),
                                  rejected=str(stage.final / "rejected.parquet"), funnel=result.counts,
                                  config=flatten({"filter": cfg.filter}))

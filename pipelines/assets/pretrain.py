@@ -20,7 +20,7 @@ from clipcore.config import flatten
 from clipcore.model.clip_model import checkpoint_digest
 from pipelines.assets import GROUP, StageConfig
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
-from pipelines.provenance import data_version, provenance_tags, tag_dagster_run
+from pipelines.provenance import data_version, provenance_tags, registered_model_name, tag_dagster_run
 from pipelines.publish import copy_into_place
 from pipelines.resources import MLflowResource, PipelineResource
 from pipelines.tracking import (
@@ -75,6 +75,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
     mlflow_store.setup(cfg.registry.experiment)
     params = flatten({"model": cfg.model, "loss": cfg.loss, "train": cfg.train, "eval": cfg.eval})
     tag_dagster_run(context, caption_shards.input)
+    model_name = registered_model_name(cfg.registry.model_name, caption_shards.input)  # one per dataset
 
     def on_log(record: dict) -> None:  # every logged step: loss, lr, temperature and the batch diagnostics
         mlflow.log_metrics(training_series(record), step=int(record["step"]))
@@ -107,19 +108,19 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
                 raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
             mlflow.log_metrics(summary_metrics(summary))
             digest = checkpoint_digest(out / "checkpoint")
-            model_uri, version = log_and_register(out / "checkpoint", cfg.registry.model_name, digest)
+            model_uri, version = log_and_register(out / "checkpoint", model_name, digest)
         final = stage.final
         value = TrainedModel(dir=str(final), checkpoint=str(final / "checkpoint"),
                              holdout=str(final / "holdout.parquet"), history=str(final / "history.json"),
-                             run_id=run.info.run_id, model_name=cfg.registry.model_name, model_version=version,
+                             run_id=run.info.run_id, model_name=model_name, model_version=version,
                              model_uri=model_uri, loss=cfg.loss.name, config=params, checkpoint_sha256=digest)
         stage.publish(value)
         # DVC's plots file, in git: `dvc plots diff main` finds the baseline's curves with no DVC cache
         copy_into_place(Path(value.history), Path(pipeline.outputs_dir) / "history.json")
     return Output(value, metadata={
         "mlflow_run_id": run.info.run_id, "mlflow_run": MetadataValue.url(run_link(run.info.run_id)),
-        "registered_model": f"{cfg.registry.model_name} v{version}",
-        "mlflow_model_version": MetadataValue.url(version_link(cfg.registry.model_name, version)),
+        "registered_model": f"{model_name} v{version}",
+        "mlflow_model_version": MetadataValue.url(version_link(model_name, version)),
         "loss_name": cfg.loss.name, "launcher": f"{config.launcher} x{summary['processes']}",
         "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"], "steps": summary["steps"],
         "resumed": config.resume, "skipped_samples": summary.get("skipped_samples", 0),

@@ -1,4 +1,5 @@
-"""The promotion asset: `champion` moves to the candidate only when it beats the champion on the same test set."""
+"""The promotion asset: `champion` moves to the candidate only when it beats the champion (the same dataset's, in the
+candidate's own registered model) on the same evaluation suite by more than registry.min_improvement."""
 
 import dataclasses
 import json
@@ -42,9 +43,10 @@ def champion_on_test_set(clip_model: TrainedModel, evaluation: Evaluation) -> tu
 def champion(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
              mlflow_store: MLflowResource, clip_model: TrainedModel, evaluation: Evaluation) -> Output[Champion]:
     """The promotion gate: re-measures the current champion on the candidate's evaluation suite, moves the
-    registry's `champion` alias to the candidate only if its suite average is higher, and records the decision
-    (with both sets of numbers) on the candidate's version and in outputs/champion/decision.json. A champion that
-    cannot be loaded any more is reported, and the candidate takes the alias."""
+    `champion` alias of the candidate's registered model (its dataset's) to the candidate only if its suite average
+    is higher by more than registry.min_improvement, and records the decision (with both sets of numbers) on the
+    candidate's version and in outputs/champion/decision.json. A champion that cannot be loaded any more is
+    reported, and the candidate takes the alias."""
     cfg = pipeline.load_config("promote", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
     if (evaluation.model_version, evaluation.checkpoint_sha256) != (clip_model.model_version,
@@ -55,7 +57,8 @@ def champion(context: AssetExecutionContext, config: StageConfig, pipeline: Pipe
     before, champion_metrics, error = champion_on_test_set(clip_model, evaluation)
     if error:
         context.log.warning(error)
-    decision = decide(clip_model.model_version, evaluation.metrics, before, champion_metrics, CHAMPION, error)
+    decision = decide(clip_model.model_version, evaluation.metrics, before, champion_metrics, CHAMPION, error,
+                      cfg.registry.min_improvement)
     with pipeline.writing("champion") as stage:
         record_decision(clip_model.model_name, decision)
         value = Champion(dir=str(stage.final), model_name=clip_model.model_name, **dataclasses.asdict(decision))

@@ -1,4 +1,5 @@
-"""The promotion decision by hand: only a strictly higher suite average on the same evaluation takes the alias."""
+"""The promotion decision by hand: only a suite average higher by more than min_improvement on the same evaluation
+takes the alias."""
 
 import pytest
 
@@ -23,3 +24,21 @@ def test_only_a_better_candidate_is_promoted(champion_average, promoted):
     else:
         assert d.champion_version == "3" and d.champion == champion
         assert (" beats champion v3" if promoted else "does not beat champion v3") in d.reason
+
+
+@pytest.mark.parametrize(("candidate_average", "promoted", "verb"), [
+    (0.850, False, "does not beat"),  # equal
+    (0.855, False, "is not clearly better than"),  # +0.005: inside the ~0.01 spread of identical runs
+    (0.860, False, "is not clearly better than"),  # +0.01 exactly: the gain must exceed min_improvement
+    (0.8601, True, "beats"),
+    (0.900, True, "beats"),
+])
+def test_the_gain_must_exceed_min_improvement(candidate_average, promoted, verb):
+    d = decide("7", metrics(candidate_average), "3", metrics(0.85), min_improvement=0.01)
+    assert d.promoted is promoted
+    assert f" {verb} champion v3's 0.8500" in d.reason and "needed more than 0.0100" in d.reason
+    assert d.reason.endswith("now @champion" if promoted else "v3 stays @champion")
+
+
+def test_min_improvement_does_not_hold_back_a_first_champion():
+    assert decide("1", metrics(0.1), None, None, min_improvement=0.5).promoted
