@@ -289,7 +289,8 @@ def champion_version(model_name: str) -> str | None:
 
 TOP1 = f"metrics.{EVAL}zero_shot_top1"
 RUN_COLUMNS = {  # MLflow column -> report column
-    "tags.mlflow.runName": "run", "params.loss.name": "loss", "params.filter.enabled": "filtered",
+    "tags.mlflow.runName": "run", "tags.dataset": "dataset", "params.loss.name": "loss",
+    "params.filter.enabled": "filtered",
     "params.filter.clip_score.enabled": "clip-score filter", "params.filter.languages": "languages",
     f"metrics.{TRAIN_SUMMARY}rows": "train rows", TOP1: "zero-shot top-1",
 }
@@ -319,3 +320,15 @@ def git_commit() -> str | None:
     """The code version: the short git commit, with `+dirty` when the work tree has changes; None outside git."""
     state = git_state()
     return state.short if state is not None else None
+
+
+def training_facts(run_id: str) -> dict[str, str]:
+    """What the report states about a training run: when it started (UTC), how long training took, on which device
+    and hardware (tags the clip_model asset sets; "-" for runs logged before them)."""
+    from datetime import UTC, datetime
+
+    run = mlflow.MlflowClient().get_run(run_id)
+    seconds = run.data.metrics.get(f"{TRAIN_SUMMARY}seconds")
+    return {"trained": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "training time": "-" if seconds is None else f"{seconds:.1f} s ({seconds / 60:.1f} min)",
+            "device": run.data.tags.get("train_device", "-"), "hardware": run.data.tags.get("train_hardware", "-")}

@@ -35,6 +35,9 @@ class ReportInputs:
     confused_pairs: list[dict] = field(default_factory=list)  # true, predicted, count, images: [uint8 arrays]
     comparison: list[dict] = field(default_factory=list)  # candidate vs champion on the same test set
     suite: list[dict] = field(default_factory=list)  # one row per evaluation task: its main metric, both models
+    facts: dict = field(default_factory=dict)  # test set (name, size), prompts, training date/time/hardware
+    templates: list[str] = field(default_factory=list)  # the prompt templates the zero-shot classifier used
+    rejected_examples: list[dict] = field(default_factory=list)  # reason, rows: [(uid, uint8 array or None)]
 
 
 def _figure_to_data_uri(fig: plt.Figure) -> str:
@@ -45,9 +48,13 @@ def _figure_to_data_uri(fig: plt.Figure) -> str:
 
 
 def _thumbnail(image: np.ndarray, size: int = 64) -> str:
+    """A PNG data URI of `image` scaled (nearest neighbour) so that its longer side is `size`."""
     array = image.squeeze()
+    height, width = array.shape[:2]
+    scale = size / max(height, width)
     buf = io.BytesIO()
-    Image.fromarray(array).resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    Image.fromarray(array).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                  Image.NEAREST).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -135,6 +142,28 @@ def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def per_class_table(class_names: list[str], accuracy: list[float], confusion: list[list[int]]) -> str:
+    """The per-class values behind the plot: test images of the class, zero-shot accuracy (recall), precision."""
+    matrix = np.asarray(confusion)
+    predicted = matrix.sum(axis=0)
+    rows = [{"class": name, "images": int(matrix[i].sum()), "accuracy": float(accuracy[i]),
+             "precision": float(matrix[i, i] / predicted[i]) if predicted[i] else "-"}
+            for i, name in enumerate(class_names)]
+    return _rows_table(rows)
+
+
+def rejected_gallery(examples: list[dict]) -> str:
+    """A few rejected samples per reason (uid as the tooltip); rows the ingest stored no image for say so."""
+    parts = []
+    for group in examples:
+        thumbs = "".join(
+            f'<img src="{_thumbnail(image)}" title="{html.escape(uid)}" alt="rejected: {html.escape(group["reason"])}">'
+            if image is not None else f'<span class="noimage" title="{html.escape(uid)}">no image</span>'
+            for uid, image in group["rows"])
+        parts.append(f'<div class="example"><p>{html.escape(group["reason"])}</p>{thumbs}</div>')
+    return "".join(parts)
+
+
 def render_report(inputs: ReportInputs) -> str:
     """The whole report as one HTML string."""
     f = inputs.funnel
@@ -147,21 +176,27 @@ def render_report(inputs: ReportInputs) -> str:
             for img, hit in ex["images"]
         )
         examples.append(f'<div class="example"><p>"{html.escape(ex["caption"])}"</p>{thumbs}</div>')
+    prompts = ("<details><summary>All prompt templates</summary><ol>"
+               + "".join(f"<li>{html.escape(t)}</li>" for t in inputs.templates) + "</ol></details>"
+               if inputs.templates else "")
     sections = [
-        ("Summary", f"<p>{html.escape(inputs.decision)}</p>" + _table(
+        ("Summary", f"<p>{html.escape(inputs.decision)}</p>" + _table(inputs.facts) + prompts + _table(
             {k: inputs.metrics[k] for k in SUMMARY if k in inputs.metrics})
          + "<h3>Candidate vs champion (same test set)</h3>" + _rows_table(inputs.comparison)),
         ("Evaluation suite", "<p>Each task's main metric (DataComp's: top-1, mean per-class recall for the tasks it "
          "scores so, mean of both R@1 for retrieval), the candidate beside the champion measured now on the same "
          "task; the average is their unweighted mean, which the promotion gate compares.</p>"
          + _rows_table(inputs.suite)),
-        ("Data funnel", f'<img src="{plot_funnel(f)}" alt="data funnel">' + _table(funnel_rows)),
+        ("Data funnel", f'<img src="{plot_funnel(f)}" alt="data funnel">' + _table(funnel_rows)
+         + ("<h3>Rejected samples, by reason</h3>" + rejected_gallery(inputs.rejected_examples)
+            if inputs.rejected_examples else "")),
         ("Training", f'<img src="{plot_training(inputs.history)}" alt="training curves">'
          + (f'<img src="{plot_diagnostics(inputs.history)}" alt="margin diagnostics">'
             if inputs.history and "margin" in inputs.history[0] else "")),
         ("Zero-shot classification",
-         f'<img src="{plot_per_class(inputs.class_names, inputs.per_class_accuracy)}" alt="per-class accuracy">'
-         f'<img src="{plot_confusion(inputs.class_names, inputs.confusion)}" alt="confusion matrix">'
+         f'<div class="side"><img src="{plot_per_class(inputs.class_names, inputs.per_class_accuracy)}" '
+         f'alt="per-class accuracy">{per_class_table(inputs.class_names, inputs.per_class_accuracy, inputs.confusion)}'
+         f'</div><img src="{plot_confusion(inputs.class_names, inputs.confusion)}" alt="confusion matrix">'
          + "<h3>Most confused pairs</h3>" + "".join(
              f'<div class="example"><p>{html.escape(p["true"])} predicted as {html.escape(p["predicted"])}: '
              f'{p["count"]} images</p>' + "".join(f'<img src="{_thumbnail(im)}" alt="confused example">'
@@ -171,8 +206,9 @@ def render_report(inputs: ReportInputs) -> str:
          "Templated captions describe a class, not one image, so many images match each caption equally well "
          "and R@k is low by construction; the examples show whether the retrieved images fit the caption.</p>"
          + "".join(examples)),
-        ("Runs compared", "<p>Every evaluated training run in the experiment, newest first: the effect of "
-         "filtering (including CLIP-score filtering by the champion) and of the loss on zero-shot top-1.</p>"
+        ("Runs compared", "<p>Every evaluated training run in the experiment, newest first, with the dataset it "
+         "trained on (compare top-1 only within one dataset): the effect of filtering (including CLIP-score "
+         "filtering by the champion) and of the loss on zero-shot top-1.</p>"
          + _rows_table(inputs.runs)),
         ("All metrics", _table(inputs.metrics)),
         ("Run and model", _table(inputs.identifiers)),
@@ -186,6 +222,8 @@ body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
 table {{ border-collapse: collapse; margin: 0.5em 0; }} th, td {{ border: 1px solid #ddd; padding: 3px 8px; }}
 th {{ text-align: left; background: #f5f5f5; font-weight: normal; }} img {{ max-width: 100%; }}
 .example img {{ margin: 2px; border: 3px solid #ccc; }} .example img.hit {{ border-color: #2a2; }}
+.side {{ display: flex; gap: 1em; align-items: flex-start; }} .side img {{ max-width: 60%; }}
+.noimage {{ display: inline-block; margin: 2px; padding: 20px 4px; border: 3px dashed #ccc; font-size: 0.8em; }}
 </style></head>
 <body><h1>CLIP pipeline report</h1>{body}</body></html>
 """

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+from PIL import Image
+
 from clipcore.config import EvalConfig, ModelConfig
+from clipcore.data.layout import shard_paths
+from clipcore.data.tar_index import index_shard, read_at
 from clipcore.evaluate.metric_names import EVAL_AVERAGE, TASK_PREFIX, task_metric
 from clipcore.evaluate.stage import load_holdout, open_test_set
+from clipcore.model.clip_model import checkpoint_templates
 from clipcore.report.render import ReportInputs, render_report, render_summary
 
 
@@ -28,6 +37,12 @@ class ReportSources:
     identifiers: dict[str, str]  # runs, versions, lineage
     runs: list[dict]  # earlier training runs to compare with
     config: dict  # the training configuration shown
+    rejected: str = ""  # the filter stage's rejected.parquet (uid, filter_reason, shard): thumbnails per reason
+    checkpoint: str = ""  # the checkpoint folder: the prompt templates stored with it
+    training: dict = field(default_factory=dict)  # when, how long, device and hardware of the training run
+
+REJECTED_PER_REASON = 6  # thumbnails shown for each rejection reason
+THUMBNAIL_SIDE = 64
 
 
 def suite_rows(details: dict, decision: dict) -> list[dict]:
@@ -79,11 +94,56 @@ def retrieval_examples(details: dict, src: ReportSources) -> list[dict]:
             for ex in examples]
 
 
+def rejected_examples(rejected: str | Path, shard_root: str | Path,
+                      per_reason: int = REJECTED_PER_REASON) -> list[dict]:
+    """A few rejected rows per reason (the first by uid) with their stored image as a thumbnail array, or None when
+    the ingest stored no image for the row (it failed to fetch) or it does not decode. Reads only those rows'
+    shards' tar headers and the chosen images' bytes, never the whole set."""
+    rows = (pl.scan_parquet(rejected).select("uid", "filter_reason", "shard").sort("uid")
+            .group_by("filter_reason", maintain_order=True).head(per_reason).collect())
+    images: dict[str, np.ndarray | None] = {}
+    for _, group in rows.filter(pl.col("shard").is_not_null()).group_by("shard"):
+        path = Path(shard_paths(shard_root, group)[0])
+        if not path.is_file():  # a shard no row of which was stored
+            continue
+        wanted = set(group["uid"].to_list())
+        with path.open("rb") as file:
+            for ref in index_shard(str(path)):
+                if ref.key in wanted:
+                    images[ref.key] = thumbnail_array(read_at(file, ref.image))
+    return [{"reason": reason, "rows": [(uid, images.get(uid)) for uid in group["uid"].to_list()]}
+            for (reason,), group in rows.group_by("filter_reason", maintain_order=True)]
+
+
+def thumbnail_array(payload: bytes) -> np.ndarray | None:
+    """Stored image bytes as a small uint8 array (longer side THUMBNAIL_SIDE), None when they do not decode."""
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            image = image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB")
+            image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            return np.asarray(image)
+    except (OSError, ValueError, Image.DecompressionBombError):  # the corrupt images the filter rejected
+        return None
+
+
+def run_facts(details: dict, src: ReportSources, templates: list[str]) -> dict[str, str]:
+    """What was measured, with what and where: the test set (name, size, source), the prompts, the training run's
+    date, duration and hardware, and when the report was written."""
+    test_set = src.test_set
+    size = int(np.asarray(details["confusion"]).sum())
+    source = test_set.labeled_set or test_set.test_images
+    return {"test set": f"{test_set.name}: {size:,} images, {len(details['class_names'])} classes ({source})",
+            "prompts": f"{len(templates)} templates (eval.templates = {test_set.templates}), e.g. "
+                       + "; ".join(f'"{t}"' for t in templates[:3]),
+            **src.training, "report written": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def build_report(src: ReportSources, out: str | Path) -> str:
     """Write out/index.html and out/summary.md; returns the Markdown summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     details = json.loads(Path(src.details).read_text())
+    templates = checkpoint_templates(src.checkpoint) if src.checkpoint else []
     inputs = ReportInputs(
         funnel=src.funnel,
         history=json.loads(Path(src.history).read_text()),
@@ -99,6 +159,9 @@ def build_report(src: ReportSources, out: str | Path) -> str:
         runs=src.runs,
         confused_pairs=confused_examples(details, src),
         config=src.config,
+        facts=run_facts(details, src, templates),
+        templates=templates,
+        rejected_examples=rejected_examples(src.rejected, src.shard_root) if src.rejected else [],
     )
     (out / "index.html").write_text(render_report(inputs))
     summary = render_summary(inputs)

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from clipcore.config import flatten
 from clipcore.model.clip_model import checkpoint_digest
+from clipcore.model.device import describe_hardware
 from pipelines.assets import GROUP, StageConfig
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
 from pipelines.provenance import data_version, provenance_tags, registered_model_name, tag_dagster_run
@@ -107,6 +108,8 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
             else:
                 raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")
             mlflow.log_metrics(summary_metrics(summary))
+            mlflow.set_tags({"train_device": summary["device"],  # what the report states as the hardware
+                             "train_hardware": describe_hardware(str(summary["device"]))})
             digest = checkpoint_digest(out / "checkpoint")
             model_uri, version = log_and_register(out / "checkpoint", model_name, digest)
         final = stage.final

@@ -22,7 +22,7 @@ from clipcore.report.stage import ReportSources, build_report
 from pipelines.assets import GROUP, StageConfig
 from pipelines.provenance import tag_dagster_run
 from pipelines.resources import MLflowResource, PipelineResource
-from pipelines.tracking import git_commit, run_link, tracked_run, training_runs
+from pipelines.tracking import git_commit, run_link, tracked_run, training_facts, training_runs
 from pipelines.values import CaptionShards, Champion, Evaluation, FilteredCaptions, Report, TrainedModel
 
 
@@ -45,8 +45,9 @@ def check_same_model(clip_model: TrainedModel, evaluation: Evaluation, champion:
 def report(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
            mlflow_store: MLflowResource, caption_shards: CaptionShards, filtered_captions: FilteredCaptions,
            clip_model: TrainedModel, evaluation: Evaluation, champion: Champion) -> Output[Report]:
-    """outputs/report/index.html (self-contained): the funnel, training curves, zero-shot and retrieval results, the
-    promotion decision and earlier runs; logged to the model's MLflow run."""
+    """outputs/report/index.html (self-contained): the test set, prompts, training time, hardware and date; the
+    funnel with rejected samples per reason, training curves, zero-shot (per class) and retrieval results, the
+    promotion decision and earlier runs with their dataset; logged to the model's MLflow run."""
     cfg = pipeline.load_config("report", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
     tag_dagster_run(context, caption_shards.input)
@@ -62,7 +63,9 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
             shard_root=caption_shards.dir, metrics=evaluation.metrics, details=evaluation.details,
             decision=dataclasses.asdict(champion), test_set=from_dict(EvalConfig, evaluation.test_set),
             model=from_dict(ModelConfig, evaluation.model_config), identifiers=identifiers,
-            runs=training_runs(cfg.registry.experiment), config={**clip_model.config, **filtered_captions.config})
+            runs=training_runs(cfg.registry.experiment), config={**clip_model.config, **filtered_captions.config},
+            rejected=filtered_captions.rejected, checkpoint=clip_model.checkpoint,
+            training=training_facts(clip_model.run_id))
         summary = build_report(sources, stage.work)
         with tracked_run(run_id=clip_model.run_id):
             mlflow.log_artifact(str(stage.work / "index.html"), "report")
