@@ -43,3 +43,32 @@ def tiny_params(tmp_path, tiny_data) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(TINY_PARAMS.format(data=tiny_data))
     return path
+
+
+def tiny_checkpoint(directory: Path, image_size: int = 16, channels: int = 1) -> Path:
+    """A tiny untrained ViT CLIP checkpoint with one prompt template, for registry and serving tests."""
+    import torch
+
+    from clipcore.config import ModelConfig
+    from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
+    from clipcore.model.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["a photo of a coat", "a bag"] * 20, vocab_size=300, context_length=8)
+    config = ModelConfig(image_size=image_size, patch_size=8, channels=channels, vision_width=32, vision_heads=2,
+                         text_width=32, text_heads=2, embed_dim=16, vocab_size=300, context_length=8)
+    torch.manual_seed(0)
+    save_checkpoint(directory, build_model(config, tokenizer).eval(), tokenizer)
+    save_templates(directory, ["a photo of a {}."])
+    return directory
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> tuple[str, Path]:
+    """A fresh MLflow sqlite store in tmp_path (its URI in MLFLOW_TRACKING_URI) and a tiny checkpoint to register."""
+    from pipelines.tracking import configure_mlflow
+
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    configure_mlflow(uri, str(tmp_path / "artifacts"), "clip-pipeline")
+    return uri, tiny_checkpoint(tmp_path / "checkpoint")

@@ -3,18 +3,15 @@ under its own name and never moves the first dataset's `champion`; the CLIP-scor
 same dataset's champion. Real MLflow on a sqlite store in tmp_path."""
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
-from clipcore.config import FilterConfig, ModelConfig, load_params
+from clipcore.config import FilterConfig, load_params
 from clipcore.evaluate.promotion import decide
-from clipcore.model.clip_model import build_model, checkpoint_digest, save_checkpoint, save_templates
-from clipcore.model.tokenizer import train_tokenizer
+from clipcore.model.clip_model import checkpoint_digest
 from pipelines.cli import champion_of, model_name_of
 from pipelines.provenance import champion_uri, registered_model_name, with_default_scorer
 from pipelines.tracking import (
     champion_version,
-    configure_mlflow,
     log_and_register,
     record_decision,
     tracked_run,
@@ -47,18 +44,9 @@ def test_the_default_params_name_the_fashion_mnist_model_and_its_champion_scores
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh sqlite store in tmp_path, and a tiny checkpoint to register."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    configure_mlflow(uri, str(tmp_path / "artifacts"), "clip-pipeline")
-    tokenizer = train_tokenizer(["a photo of a coat", "a bag"] * 20, vocab_size=300, context_length=8)
-    config = ModelConfig(image_size=16, patch_size=8, channels=1, vision_width=32, vision_heads=2, text_width=32,
-                         text_heads=2, embed_dim=16, vocab_size=300, context_length=8)
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "checkpoint", build_model(config, tokenizer).eval(), tokenizer)
-    save_templates(tmp_path / "checkpoint", ["a photo of a {}."])
-    return MlflowClient(uri), tmp_path / "checkpoint"
+def store(mlflow_store):
+    uri, checkpoint = mlflow_store
+    return MlflowClient(uri), checkpoint
 
 
 def register(checkpoint, ingest_input: str) -> tuple[str, str]:

@@ -8,12 +8,9 @@ import subprocess
 import mlflow
 import polars as pl
 import pytest
-import torch
 from mlflow import MlflowClient
 
-from clipcore.config import ModelConfig
-from clipcore.model.clip_model import build_model, checkpoint_digest, save_checkpoint, save_templates
-from clipcore.model.tokenizer import train_tokenizer
+from clipcore.model.clip_model import checkpoint_digest
 from pipelines.provenance import (
     data_version,
     dataset_name,
@@ -23,7 +20,6 @@ from pipelines.provenance import (
     provenance_tags,
 )
 from pipelines.tracking import (
-    configure_mlflow,
     log_and_register,
     log_evaluation,
     log_training_inputs,
@@ -94,19 +90,9 @@ def test_mlflow_ui_links_follow_the_tracking_uri_and_the_env_var(monkeypatch):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh sqlite store in tmp_path, and a tiny checkpoint to register."""
-    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    configure_mlflow(uri, str(tmp_path / "artifacts"), "clip-pipeline")
-    tokenizer = train_tokenizer(["a photo of a coat", "a bag"] * 20, vocab_size=300, context_length=8)
-    config = ModelConfig(image_size=16, patch_size=8, channels=1, vision_width=32, vision_heads=2, text_width=32,
-                         text_heads=2, embed_dim=16, vocab_size=300, context_length=8)
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "checkpoint", build_model(config, tokenizer).eval(), tokenizer)
-    save_templates(tmp_path / "checkpoint", ["a photo of a {}."])
-    return uri, tmp_path
+def store(mlflow_store):
+    uri, checkpoint = mlflow_store
+    return uri, checkpoint.parent
 
 
 RECORDS = [{"step": s, "epoch": s / 10, "loss": 2.0 - s / 10, "lr": 1e-3, "logit_scale": 14.3, "temperature": 0.07,

@@ -7,25 +7,17 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
-from clipcore.config import ModelConfig
-from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
-from clipcore.model.tokenizer import train_tokenizer
 from pipelines.tracking import PYFUNC_CODE, model_signature
+from tests.conftest import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny RGB checkpoint saved as the project's pyfunc and loaded back through MLflow."""
     root = tmp_path_factory.mktemp("served")
-    tokenizer = train_tokenizer(["a photo of a coat", "a bag"] * 20, vocab_size=300, context_length=8)
-    config = ModelConfig(image_size=32, patch_size=8, channels=3, vision_width=32, vision_heads=2, text_width=32,
-                         text_heads=2, embed_dim=16, vocab_size=300, context_length=8)
-    torch.manual_seed(0)
-    save_checkpoint(root / "checkpoint", build_model(config, tokenizer).eval(), tokenizer)
-    save_templates(root / "checkpoint", ["a photo of a {}."])
+    tiny_checkpoint(root / "checkpoint", image_size=32, channels=3)
     mlflow.pyfunc.save_model(path=str(root / "model"), python_model=str(PYFUNC_CODE), signature=model_signature(),
                              artifacts={"checkpoint": str(root / "checkpoint")}, pip_requirements=["torch"])
     return mlflow.pyfunc.load_model(str(root / "model"))
