@@ -19,6 +19,9 @@ from dagster_pipes import open_dagster_pipes
 from clipcore.config import load_params
 from clipcore.train.stage import run_pretraining
 
+STEP_LINE = "step {step}: loss {loss:.4f}, T {temperature:.4f}"
+"""The loss line of every logged step in the Dagster run's event log (this process's and in-process training's)."""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -35,7 +38,7 @@ def main() -> None:
         config = load_params(args.params, args.overrides)
 
         def on_log(record: dict) -> None:
-            pipes.log.info("step {step}: loss {loss:.4f}, T {temperature:.4f}".format(**record))
+            pipes.log.info(STEP_LINE.format(**record))
             # the whole record (loss, lr, temperature, the batch diagnostics), for the Dagster run and MLflow
             pipes.report_custom_message({**record, "step": int(record["step"])})
 

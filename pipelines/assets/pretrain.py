@@ -20,6 +20,7 @@ from clipcore.config import flatten
 from clipcore.model.clip_model import checkpoint_digest
 from clipcore.model.device import describe_hardware
 from pipelines.assets import GROUP, StageConfig
+from pipelines.pipes_train import STEP_LINE
 from pipelines.pretrain_stage import resumable_run_id, torchrun_command, train_in_process, train_through_pipes
 from pipelines.provenance import data_version, provenance_tags, registered_model_name, tag_dagster_run
 from pipelines.publish import copy_into_place
@@ -81,6 +82,10 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
     def on_log(record: dict) -> None:  # every logged step: loss, lr, temperature and the batch diagnostics
         mlflow.log_metrics(training_series(record), step=int(record["step"]))
 
+    def on_log_in_process(record: dict) -> None:  # the loss line the Pipes launcher's processes send, in the event log
+        context.log.info(STEP_LINE.format(**record))
+        on_log(record)
+
     # an interrupted training's state stays in the stage's work folder; only a finished one is published
     with pipeline.writing("clip_model", keep_partial=config.resume) as stage:
         out = stage.work
@@ -103,7 +108,8 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
                                            config.node_rank)
                 summary, history = train_through_pipes(context, pipes_subprocess_client, command, out, on_log)
             elif config.launcher == "in_process":
-                summary, history = train_in_process(filtered_captions.kept, caption_shards.dir, out, cfg, on_log,
+                summary, history = train_in_process(filtered_captions.kept, caption_shards.dir, out, cfg,
+                                                    on_log_in_process,
                                                     config.resume, run.info.run_id)
             else:
                 raise ValueError(f"launcher must be in_process or torchrun, not {config.launcher!r}")

@@ -135,6 +135,10 @@ def test_whole_graph_registry_and_served_model(env, tmp_path):
     pretrain = env["instance"].get_latest_materialization_event(AssetKey("clip_model")).asset_materialization
     assert pretrain.metadata["mlflow_run"].value.endswith(f"/runs/{pretrain.metadata['mlflow_run_id'].value}")
     assert env["instance"].get_run_by_id(result.results[0].run_id).tags["dataset"] == "fashion_mnist"
+    # in-process training writes every logged step's loss line to its Dagster run's event log, as Pipes does
+    lines = [e.user_message for r in result.results for e in env["instance"].all_logs(r.run_id)]
+    logged = client.get_metric_history(client.get_model_version("clip", "2").run_id, "train/loss")  # that training's
+    assert sum(line.startswith("step ") and ": loss " in line for line in lines) == len(logged) > 0
 
 
 def test_pretrain_through_pipes_with_two_torchrun_processes(env):
