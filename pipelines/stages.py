@@ -14,7 +14,8 @@ from dataclasses import dataclass
 COMMON_CODE = ("clipcore/__init__.py", "clipcore/config.py", "clipcore/params.py", "pipelines/__init__.py",
                "pipelines/cli.py", "pipelines/dvc_yaml.py", "pipelines/launch.py", "pipelines/stages.py",
                "pipelines/values.py", "pipelines/io.py", "pipelines/publish.py", "pipelines/processes.py",
-               "pipelines/resources.py", "pipelines/assets/__init__.py", "pipelines/provenance.py")
+               "pipelines/resources.py", "pipelines/assets/__init__.py", "pipelines/provenance.py",
+               "pipelines/cli_common.py", "pipelines/model_commands.py")
 # What loading a model (a checkpoint, or a registered pyfunc) runs.
 MODEL_CODE = ("clipcore/model", "clipcore/prompts", "clipcore/data/images.py")
 EVAL_CODE = ("clipcore/evaluate", "clipcore/data", *MODEL_CODE)

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from clipcore.config import FilterConfig, load_params
 from clipcore.evaluate.promotion import decide
 from clipcore.model.clip_model import checkpoint_digest
-from pipelines.cli import champion_of, model_name_of
+from pipelines.model_commands import champion_of, model_name_of
 from pipelines.provenance import champion_uri, registered_model_name, with_default_scorer
 from pipelines.tracking import (
     champion_version,

@@ -20,6 +20,7 @@ from pipelines.stages import COMMON_CODE, STAGES, Stage, dvc_stages
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("clipcore", "pipelines")
 CLI, LAUNCH = ROOT / "pipelines" / "cli.py", ROOT / "pipelines" / "launch.py"
+COMMANDS = (CLI, ROOT / "pipelines" / "model_commands.py")  # subcommand modules: their functions load their code
 DVC = ("uv", "tool", "run", "--quiet", "--from", "dvc==3.67.1", "dvc")  # DVC conflicts with Dagster: not in the venv
 
 # What a stage's import closure reaches and its declared code does not cover, known and explained. An entry that is
@@ -99,16 +100,17 @@ def imported_files(path: Path, functions: bool = True) -> frozenset[Path]:
 
 
 def import_closure(stage: Stage) -> set[Path]:
-    """Every project file a stage's process may import: cli.py (its module level only: its functions import the
-    other subcommands' code), launch.py and the stage's asset module, followed through every import, including
-    those inside functions."""
-    todo = [CLI, *imported_files(CLI, functions=False), LAUNCH, module_file(stage.module)]
+    """Every project file a stage's process may import: cli.py and model_commands.py (their module level only: their
+    functions import the other subcommands' code), launch.py and the stage's asset module, followed through every
+    import, including those inside functions."""
+    todo = [*COMMANDS, *(f for c in COMMANDS for f in imported_files(c, functions=False)), LAUNCH,
+            module_file(stage.module)]
     seen: set[Path] = set()
     while todo:
         path = todo.pop()
         if path not in seen:
             seen.add(path)
-            if path != CLI:
+            if path not in COMMANDS:
                 todo += imported_files(path)
     return seen
 
