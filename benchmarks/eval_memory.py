@@ -91,8 +91,8 @@ def make_images(data: Path, count: int) -> None:
     (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
 
 
-def make_checkpoint(data: Path) -> None:
-    """A tiny (untrained) ViT CLIP at 128 px RGB with the fashion_mnist templates."""
+def make_checkpoint(data: Path, image_size: int = 128) -> None:
+    """A tiny (untrained) ViT CLIP at `image_size` px RGB with the fashion_mnist templates, in data/checkpoint."""
     import torch
 
     from clipcore.config import ModelConfig
@@ -103,7 +103,7 @@ def make_checkpoint(data: Path) -> None:
     torch.manual_seed(0)
     templates = load_templates("fashion_mnist")
     tokenizer = train_tokenizer([t.format(c) for t in templates for c in CLASSES] * 3, 400, 16)
-    model = build_model(ModelConfig(image_size=128, channels=3, patch_size=16, vision_width=64, vision_heads=2,
+    model = build_model(ModelConfig(image_size=image_size, channels=3, patch_size=16, vision_width=64, vision_heads=2,
                                     text_width=32, text_heads=2, embed_dim=32, vocab_size=400), tokenizer)
     save_checkpoint(data / "checkpoint", model, tokenizer)
     save_templates(data / "checkpoint", templates)

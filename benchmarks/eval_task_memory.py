@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+from eval_memory import CLASSES, make_checkpoint  # benchmarks/ is on sys.path when a benchmark runs
 
 CHILD = r"""
 import json, resource, sys, time
@@ -73,23 +73,6 @@ def make_task(data: Path, count: int) -> None:
     write_classification_task(data / "task", LabeledSet(CLASSES, count, read), load_templates("fashion_mnist"))
 
 
-def make_checkpoint(data: Path) -> None:
-    """A tiny (untrained) ViT CLIP at 64 px RGB."""
-    import torch
-
-    from clipcore.config import ModelConfig
-    from clipcore.model.clip_model import build_model, save_checkpoint
-    from clipcore.model.prompts import load_templates
-    from clipcore.model.tokenizer import train_tokenizer
-
-    torch.manual_seed(0)
-    templates = load_templates("fashion_mnist")
-    tokenizer = train_tokenizer([t.format(c) for t in templates for c in CLASSES] * 3, 400, 16)
-    model = build_model(ModelConfig(image_size=64, channels=3, patch_size=16, vision_width=64, vision_heads=2,
-                                    text_width=32, text_heads=2, embed_dim=32, vocab_size=400), tokenizer)
-    save_checkpoint(data / "checkpoint", model, tokenizer)
-
-
 def measure(here: Path, data: Path, rows: int, mode: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(here), "OMP_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, str(data), str(rows), mode], env=env,
@@ -110,7 +93,7 @@ def main() -> None:
     args.data.mkdir(parents=True, exist_ok=True)
     make_task(args.data, max(args.sizes))
     if not (args.data / "checkpoint").exists():
-        make_checkpoint(args.data)
+        make_checkpoint(args.data, image_size=64)  # eval_memory.py's, at the task's size
     lines = [f"{'mode':<10} {'images':>7} {'peak RSS MiB':>13} {'seconds':>8} {'CPU s':>7}  zero-shot top-1"]
     print(lines[0], flush=True)
     for rows in args.sizes:
