@@ -13,24 +13,21 @@ rows in input order, no timings in `_stats.json`), so DVC's hash of the folder c
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
-import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-import imagehash
 import polars as pl
-from PIL import Image
 from tqdm import tqdm
 
 from clipcore.config import IngestConfig
-from clipcore.data.images import decode_image
 from clipcore.data.layout import read_manifest, shard_count, shard_name
-from clipcore.ingest.fetch import Fetcher, FetchError
+from clipcore.ingest.fetch import Fetcher
+from clipcore.ingest.rows import STATUS_DECODE, STATUS_DOWNLOAD, STATUS_INPUT, STATUS_PROCESS, process_row
+from clipcore.ingest.shard_writer import ShardWriter
 from clipcore.ingest.sources import TABLE_FORMATS, detect_format, read_input
 
 MANIFEST_SCHEMA = {
@@ -38,8 +35,6 @@ MANIFEST_SCHEMA = {
     "original_width": pl.Int32, "original_height": pl.Int32, "sha256": pl.String, "phash": pl.String,
     "shard": pl.String, "status": pl.String, "error": pl.String,
 }
-STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
-STATUS_PROCESS = "failed_to_process"  # an unexpected error on this row; the reason is the exception's class
 SHARD_SUFFIXES = ("tar", "parquet", "tar.tmp", "parquet.tmp")  # a shard's files, finished or in the making
 FINGERPRINT_KEY = "clipcore.ingest.fingerprint"
 """Key of the shard fingerprint in each manifest's parquet key-value metadata."""
@@ -47,6 +42,7 @@ FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "max_pixels",
                       "max_redirects")
 """IngestConfig fields that change a shard's content (beyond its rows); speed and patience settings
 (processes, threads, timeouts, retries) do not, so changing them reuses finished shards."""
+__all__ = ["STATUS_DECODE", "STATUS_DOWNLOAD", "STATUS_INPUT", "STATUS_PROCESS", "ShardWriter", "ingest"]
 _progress = None  # a shared counter, set in each worker process
 
 
@@ -72,76 +68,6 @@ def prepare_rows(table: pl.DataFrame, config: IngestConfig, dedupe_urls: bool = 
     repeat = valid_url.is_not_null() & ~valid_url.is_first_distinct()
     return table.with_columns(
         source_error=pl.when(repeat).then(pl.lit("duplicate_url")).otherwise(pl.col("source_error")))
-
-
-def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, int, int]:
-    """Downscale to `max_side` (keeping the aspect ratio) and re-encode; returns (bytes, ext, width, height)."""
-    if max(image.size) > config.max_side:
-        image.thumbnail((config.max_side, config.max_side), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    if config.encode_format == "png":
-        if image.mode not in ("L", "RGB", "RGBA", "LA"):
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        image.save(buf, format="PNG")
-        ext = "png"
-    elif config.encode_format == "jpg":
-        image.convert("L" if image.mode in ("L", "LA", "1") else "RGB").save(buf, format="JPEG",
-                                                                              quality=config.jpeg_quality)
-        ext = "jpg"
-    else:
-        raise ValueError(f"ingest.encode_format must be jpg or png, not {config.encode_format!r}")
-    return buf.getvalue(), ext, image.width, image.height
-
-
-class ShardWriter:
-    """webdataset's tar layout (`key.ext` members, a sample's files adjacent), written with the standard library so
-    ingestion workers need no torch. Fixed mtime and owner: identical input gives byte-identical shards."""
-
-    def __init__(self, path: Path):
-        self.tar = tarfile.open(path, "w")  # noqa: SIM115 (closed in __exit__)
-
-    def write(self, key: str, files: dict[str, bytes]) -> None:
-        for ext, payload in files.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mode, info.mtime = len(payload), 0o444, 0
-            self.tar.addfile(info, io.BytesIO(payload))
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.tar.close()
-
-
-def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
-    """One row -> (manifest fields, (encoded bytes, extension) when it succeeded). Never raises.
-
-    An unexpected exception (a decoder or encoder bug, a filesystem error no reason foresaw) becomes the row's
-    status `failed_to_process` with the exception's class as reason; the shard's other rows go on.
-    """
-    try:
-        return _process_row(row, fetcher, config)
-    except Exception as err:  # the row is the unit of failure: one bad row must never cost the shard its manifest
-        return {"status": STATUS_PROCESS, "error": type(err).__name__}, None
-
-
-def _process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
-    out = {"status": STATUS_INPUT, "error": row["source_error"]}
-    if row["source_error"] is None:
-        try:
-            payload = fetcher.fetch(row["url"])
-        except FetchError as err:
-            return {"status": STATUS_DOWNLOAD, "error": err.reason}, None
-        out["sha256"] = hashlib.sha256(payload).hexdigest()
-        try:
-            image = decode_image(payload, config.max_pixels)
-        except ValueError as err:
-            return {**out, "status": STATUS_DECODE, "error": str(err).split(":")[0]}, None
-        out.update(original_width=image.width, original_height=image.height, phash=str(imagehash.phash(image)))
-        encoded, ext, width, height = encode_image(image, config)
-        out.update(width=width, height=height, status="success", error=None)
-        return out, (encoded, ext)
-    return out, None
 
 
 def _init_worker(counter) -> None:

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-import clipcore.ingest.stage as ingest_stage
+import clipcore.ingest.rows as ingest_rows
 from clipcore.config import FilterConfig, IngestConfig
 from clipcore.data.layout import read_manifest
 from clipcore.filter.rules import filter_manifest
@@ -67,7 +67,7 @@ def test_an_unexpected_error_stays_in_its_row(tmp_path, monkeypatch):
     table = write_table(root / "captions.csv", [f"{i}.png" for i in range(5)], [f"a photo number {i}" for i in
                                                                                  range(5)])
     config = local_config(table)
-    real_encode, real_fetch = ingest_stage.encode_image, ingest_stage.Fetcher.fetch
+    real_encode, real_fetch = ingest_rows.encode_image, ingest_rows.Fetcher.fetch
 
     def encode(image, cfg):
         if image.getpixel((0, 0)) == 15:  # the image of row 1
@@ -79,8 +79,8 @@ def test_an_unexpected_error_stays_in_its_row(tmp_path, monkeypatch):
             raise KeyError(url)
         return real_fetch(self, url)
 
-    monkeypatch.setattr(ingest_stage, "encode_image", encode)
-    monkeypatch.setattr(ingest_stage.Fetcher, "fetch", fetch)
+    monkeypatch.setattr(ingest_rows, "encode_image", encode)
+    monkeypatch.setattr(ingest_rows.Fetcher, "fetch", fetch)
     rows = prepare_rows(read_input(config), config)
     (tmp_path / "out").mkdir()
     write_shard(0, rows.to_dicts(), str(tmp_path / "out"), config, str(root))  # in this process: the patches apply
