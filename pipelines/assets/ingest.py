@@ -53,15 +53,23 @@ def caption_shards(context: AssetExecutionContext, config: StageConfig,
 
 
 @asset_check(asset=caption_shards, blocking=True,
-             description="One manifest row per input row, unique uids; filtering does not start otherwise.")
+             description="One manifest row per input row, unique uids, and at least one image ingested; filtering "
+                         "does not start otherwise.")
 def ingest_accounts_for_every_row(pipeline: PipelineResource, caption_shards: CaptionShards) -> AssetCheckResult:
     cfg = pipeline.load_config("ingest", caption_shards.overrides).ingest  # the run's --set values too
     manifest = read_manifest(caption_shards.dir)
     table_rows = read_input(cfg).height
     unique = manifest["uid"].n_unique()
+    success = int((manifest["status"] == "success").sum())
+    metadata = {"input_rows": table_rows, "manifest_rows": manifest.height, "unique_uids": unique, "success": success}
+    if success == 0 and manifest.height:  # every row failed: nothing to train on, and usually a setting is wrong
+        top = manifest["error"].drop_nulls().value_counts(sort=True).head(1)
+        reason = top["error"][0] if top.height else "unknown"
+        hint = " (ingest.data_root: the folder the local paths lie in?)" if reason == "file_not_found" else ""
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, metadata=metadata,
+                                description=f"no row was ingested; most common reason {reason!r}{hint}")
     passed = manifest.height == table_rows == unique
-    return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata={
-        "input_rows": table_rows, "manifest_rows": manifest.height, "unique_uids": unique})
+    return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
 
 
 ASSETS, CHECKS = [caption_shards], [ingest_accounts_for_every_row]

@@ -8,7 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster._core.errors import DagsterAssetCheckFailedError
 from mlflow import MlflowClient
 
 from pipelines.definitions import ASSETS, defs
@@ -73,6 +74,19 @@ def test_ingest_then_filter_assets(env):
     assert reasons["language_not_allowed"] > 0 and reasons["caption_too_few_words"] > 0
     assert sum(reasons.values()) == meta["rejected"].value
     assert checks_passed(result) == {"filter_counts_reconcile": True}
+
+
+def test_ingest_check_fails_when_no_row_was_ingested(env, tmp_path):
+    """A wrong ingest.data_root fails every local path: the blocking check fails (naming the reason and the setting)
+    instead of passing with nothing kept, and filtering does not start."""
+    with pytest.raises(DagsterAssetCheckFailedError, match="ingest_accounts_for_every_row"):
+        run(env, ["caption_shards", "filtered_captions"], [f"ingest.data_root={tmp_path / 'elsewhere'}"])
+    evaluation = env["instance"].event_log_storage.get_latest_asset_check_execution_by_key(
+        [AssetCheckKey(AssetKey("caption_shards"), "ingest_accounts_for_every_row")])
+    check = next(iter(evaluation.values())).event.dagster_event.event_specific_data
+    assert not check.passed and check.metadata["success"].value == 0
+    assert "file_not_found" in check.description and "ingest.data_root" in check.description
+    assert env["instance"].get_latest_materialization_event(AssetKey("filtered_captions")) is None
 
 
 def test_whole_graph_registry_and_served_model(env, tmp_path):
