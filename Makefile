@@ -8,7 +8,7 @@ DVC_VERSION := 3.67.1
 DVC := uv tool run --quiet --from dvc==$(DVC_VERSION) dvc
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test setup uv dataset data repro compare-filters ui mlflow-ui lint clean
+.PHONY: run test setup uv dataset data repro exp compare-filters ui mlflow-ui lint clean
 
 run: setup data repro ## set everything up and run the whole chain on the default dataset
 	@echo; echo "== metrics (outputs/metrics.json) =="; $(DVC) metrics show
@@ -40,6 +40,11 @@ data: setup ## build the caption dataset under data/ (deterministic: matches dat
 
 repro: ## run the DVC pipeline (each stage materializes its Dagster asset)
 	$(DVC) repro
+
+exp: setup ## a DVC experiment on a dataset file: make exp DATASET=configs/datasets/NAME.yaml [SET="-S k=v ..."]
+	@test -n "$(DATASET)" || { echo "usage: make exp DATASET=configs/datasets/NAME.yaml"; exit 2; }
+	uv run --frozen clip-pipeline dataset-args $(DATASET) | xargs $(DVC) exp run -n $(basename $(notdir $(DATASET))) $(SET)
+	$(DVC) exp show --no-pager --drop '.*' --keep 'Experiment|ingest.input|registry.model_name|eval_average|zero_shot_top1'
 
 compare-filters: setup ## DVC experiments: no filtering, and CLIP-score filtering by the champion (the report compares runs)
 	$(DVC) exp run -n unfiltered -S filter.enabled=false

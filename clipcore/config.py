@@ -197,6 +197,7 @@ class ModelConfig:
 
 
 LossName = Literal["clip", "clip_reg", "siglip", "cyclip"]
+RegForm = Literal["one_minus_cos", "sq_euclid_normalized", "sq_euclid_raw"]
 
 
 @dataclass
@@ -207,7 +208,11 @@ class LossConfig:
     """`clip` (symmetric InfoNCE), `clip_reg` (CLIP + positive-pair regularizer), `siglip` or `cyclip`
     (clipcore.train.losses.LOSSES implements each)."""
     reg_weight: float = bounded(0.1, ge=0)
-    """lambda of `clip_reg`: weight of mean(1 - cos(image_i, text_i)) over positive pairs."""
+    """lambda of `clip_reg`: weight of the positive-pair regularizer (the mean over positive pairs of `reg_form`)."""
+    reg_form: RegForm = "one_minus_cos"
+    """The regularizer's distance between image_i and text_i: `one_minus_cos` (1 - cos on the unit-norm embeddings),
+    `sq_euclid_normalized` (||u - v||^2 on them: 2 (1 - cos), i.e. twice the weight) or `sq_euclid_raw` (||a - b||^2
+    on the projections before normalization)."""
     cyclip_in_modal: float = bounded(0.25, ge=0)
     """lambda1 of `cyclip`: in-modal consistency weight."""
     cyclip_cross_modal: float = bounded(0.25, ge=0)
@@ -287,12 +292,10 @@ class EvalConfig:
     tasks: str = ""
     """More evaluation tasks in CLIP_benchmark's webdataset layout: a task folder, a folder of task folders, or a
     suite file listing them one per line; empty: none (`clip-pipeline export-eval-task` writes tasks)."""
-    test_images: str = "data/fashion_mnist/test/t10k-images-idx3-ubyte.gz"
-    """Labeled test images (IDX format)."""
-    test_labels: str = "data/fashion_mnist/test/t10k-labels-idx1-ubyte.gz"
-    """Labels of the test images (IDX format)."""
-    labeled_set: str = ""
-    """Instead of the IDX files: an ImageFolder tree (one folder per class) or a csv of (path, label)."""
+    labeled_set: str = "data/fashion_mnist/test"
+    """The labeled test set: a folder of IDX files (one `*-images-idx3-ubyte[.gz]`, one `*-labels-idx1-ubyte[.gz]`,
+    labels indexing `class_names`), an ImageFolder tree (one folder per class) or a csv of (path, label). DVC tracks
+    it (dvc.yaml: ${eval.labeled_set})."""
     class_names: str = "fashion_mnist"
     """Class names in label order: a list shipped in clipcore/prompts or a text file (an ImageFolder `labeled_set`
     brings its own: its classnames.txt, else its folder names)."""
@@ -300,11 +303,9 @@ class EvalConfig:
     """Prompt templates: `fashion_mnist`, `imagenet` (CLIP's 80) or a text file with one `{}` per line."""
     max_test_images: int | None = bounded(None, ge=1)
     """Evaluate on at most this many test images (tiny runs); None uses all."""
-    probe_images: str = "data/fashion_mnist/train/train-images-idx3-ubyte.gz"
-    """Labeled images the test set's linear probe is fitted on (never the test set): IDX images (with
-    `probe_labels`), an ImageFolder tree or a csv of (path, label), labels in the test set's order."""
-    probe_labels: str = "data/fashion_mnist/train/train-labels-idx1-ubyte.gz"
-    """Labels of IDX probe images (unused for a folder or csv)."""
+    probe_set: str = "data/fashion_mnist/train"
+    """Labeled images the test set's linear probe is fitted on (never the test set), in any form `labeled_set` takes,
+    labels in the test set's order. DVC tracks it (${eval.probe_set})."""
     probe_size: int = bounded(10_000, ge=0)
     """First N probe images used to fit the linear probe; 0 skips the probe."""
     batch_size: int = bounded(1_000, ge=1)

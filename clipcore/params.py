@@ -84,6 +84,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+RENAMED = {"eval.test_images": "eval.labeled_set (the folder of both IDX files)",
+           "eval.test_labels": "eval.labeled_set (the folder of both IDX files)",
+           "eval.probe_images": "eval.probe_set (the folder of both IDX files)",
+           "eval.probe_labels": "eval.probe_set (the folder of both IDX files)"}
+"""Keys that were replaced, with what replaced them (for the unknown-key error)."""
+
+
 def from_dict(cls: type, values: dict[str, Any], where: str = "params") -> Any:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys, wrong types and values out of range."""
     if not isinstance(values, dict):
@@ -92,7 +99,11 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "params") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        section = where.rsplit(".", 1)[-1]
+        moved = "; ".join(f"{section}.{k} is now {RENAMED[f'{section}.{k}']}" for k in unknown
+                          if f"{section}.{k}" in RENAMED)
+        hint = f" ({moved})" if moved else ""
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}{hint}")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]

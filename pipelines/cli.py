@@ -102,7 +102,7 @@ def build_data(args: argparse.Namespace) -> None:
 
     counts = build_caption_dataset(config.data)
     print("caption dataset:", ", ".join(f"{k}={v}" for k, v in counts.items()))
-    # the Fashion-MNIST test set is the suite's first task already (eval.test_images, task eval.name)
+    # the Fashion-MNIST test set is the suite's first task already (eval.labeled_set, task eval.name)
     written = build_default_suite(SUITE_DIR, names=("mnist", "digits", "faces"))
     print(f"evaluation tasks in {SUITE_DIR}:", ", ".join(f"{k} {v}" for k, v in written.items()))
 
@@ -180,6 +180,15 @@ def write_dvc_yaml(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def dataset_args(args: argparse.Namespace) -> None:
+    """Print a checked dataset file as `dvc exp run` settings (or --set lines)."""
+    from pipelines.dataset_file import as_dvc_settings, as_overrides, check_dataset, read_dataset_file
+
+    settings = read_dataset_file(args.file)
+    check_dataset(settings, args.params)
+    print(as_dvc_settings(settings) if args.format == "dvc" else "\n".join(as_overrides(settings)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "IDX files as `clip-pipeline data` writes them, or the four files (default: %(default)s)")
     p.add_argument("--probe-size", type=int, default=10_000, help="Fashion-MNIST training images in the default "
                    "suite's train split; 0: none (default: %(default)s)")
-    p.add_argument("--images", help="IDX images (.gz), an ImageFolder tree or a csv of (path, label)")
+    p.add_argument("--images", help="IDX images (.gz) with --labels, a folder of IDX files, an ImageFolder tree or a "
+                   "csv of (path, label)")
     p.add_argument("--labels", help="IDX labels (.gz), with IDX --images")
     p.add_argument("--class-names", help="class names in label order: a list in clipcore/prompts (e.g. "
                    "fashion_mnist) or a text file; needed for IDX, optional for a csv")
@@ -255,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10_000, help="images per tar (default: %(default)s)")
     p.add_argument("--image-format", choices=("png", "webp"), default="png", help="lossless image encoding "
                    "(default: %(default)s)")
+    p = sub.add_parser("dataset-args", help="check a dataset file and print it as `dvc exp run` settings",
+                       description="Check a dataset file (configs/datasets/NAME.yaml: its input, evaluation and "
+                       "registered model name) against params.yaml and print it as settings: "
+                       "`dvc exp run -n NAME $(uv run clip-pipeline dataset-args configs/datasets/NAME.yaml)`.")
+    p.add_argument("file", help="the dataset file")
+    p.add_argument("--params", default="params.yaml", help="params file the settings apply to (default: %(default)s)")
+    p.add_argument("--format", choices=("dvc", "set"), default="dvc", help="dvc: `-S key=value ...` on one line; "
+                   "set: one key=value per line (for --set or Dagster's `overrides`) (default: %(default)s)")
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (pipelines/stages.py)")
     p.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
     for p in sub.choices.values():  # `clip-pipeline models --debug` works as well as `clip-pipeline --debug models`
@@ -302,6 +320,8 @@ def run_command(args: argparse.Namespace) -> None:
         export(args)
     elif args.command == "export-eval-task":
         export_eval_task(args)
+    elif args.command == "dataset-args":
+        dataset_args(args)
     elif args.command == "dvc-yaml":
         write_dvc_yaml(args)
 

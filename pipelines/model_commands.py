@@ -219,12 +219,17 @@ def export_eval_task(args: argparse.Namespace) -> None:
         for name, counts in written.items():
             print(f"wrote {Path(args.output) / name}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
         return
-    from clipcore.data.labeled_sets import open_labeled_set
+    from clipcore.data.labeled_sets import idx_set, open_labeled_set
     from clipcore.data.task_export import write_classification_task
     from clipcore.model.prompts import load_class_names, load_templates
 
     names = load_class_names(args.class_names) if args.class_names else None
-    labeled = open_labeled_set(args.images, args.labels, names, args.image_size, args.channels, args.limit)
+    if args.labels:  # an IDX pair given file by file
+        if names is None:
+            raise CommandError("export-eval-task: IDX --images/--labels need --class-names")
+        labeled = idx_set(args.images, args.labels, names, args.limit)
+    else:
+        labeled = open_labeled_set(args.images, names, args.image_size, args.channels, args.limit)
     count = write_classification_task(args.output, labeled, load_templates(args.templates), args.split,
                                       args.shard_size, args.image_format)
     print(f"wrote {Path(args.output) / args.split}: {count} images, {len(labeled.class_names)} classes")

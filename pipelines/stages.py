@@ -46,6 +46,11 @@ class Stage:
     finds any revision's curves without that revision's outputs in the DVC cache. A plain out, not a stage `plots:`
     entry, which would add a default plot of every column."""
 
+    versioned: bool = True
+    """Whether outputs/<asset>/ is a DVC out. The report's is not: it states the run it describes (dates, MLflow run
+    ids and links), so its hash would change run after run and leave dvc.lock modified after every fresh `make run`;
+    it is rebuilt from the versioned outputs instead (seconds), never restored from DVC's cache."""
+
     @property
     def module(self) -> str:
         """The module defining its asset and checks."""
@@ -77,19 +82,19 @@ STAGES: tuple[Stage, ...] = (
           "the evaluation suite (zero-shot classification, retrieval, linear probes); write outputs/metrics.json",
           params=("eval", "registry"),
           code=("pipelines/assets/evaluate.py", "pipelines/tracking.py", *EVAL_CODE),
-          data=("eval.test_images", "eval.test_labels", "eval.probe_images", "eval.probe_labels", "eval.tasks"),
+          data=("eval.labeled_set", "eval.probe_set", "eval.tasks"),
           reads=("caption_shards", "clip_model"), metrics="outputs/metrics.json"),
     Stage("promote", "champion",
           "move the registry's `champion` alias to the new model if it beats the champion on the same suite",
           params=("eval", "registry"),
           code=("pipelines/assets/promote.py", "pipelines/tracking.py", *EVAL_CODE),
-          data=("eval.test_images", "eval.test_labels", "eval.tasks"),
+          data=("eval.labeled_set", "eval.tasks"),
           reads=("clip_model", "evaluation")),
     Stage("report", "report", "write outputs/report/index.html (self-contained) and log it to MLflow",
           params=("registry",),
           code=("clipcore/report", "pipelines/assets/report.py", "pipelines/tracking.py", *EVAL_CODE),
-          data=("eval.test_images", "eval.test_labels"),  # thumbnails of confused test images
-          reads=("caption_shards", "filtered_captions", "clip_model", "evaluation", "champion")),
+          data=("eval.labeled_set",),  # thumbnails of confused test images
+          reads=("caption_shards", "filtered_captions", "clip_model", "evaluation", "champion"), versioned=False),
 )
 BY_NAME = {s.name: s for s in STAGES}
 BY_ASSET = {s.asset: s for s in STAGES}
@@ -103,10 +108,12 @@ def dvc_stages() -> dict:
         code = [c for c in code if not any(c.startswith(f"{other}/") for other in code)]  # inside a listed folder
         deps = [*(f"outputs/{a}" for a in s.reads), *(f"${{{k}}}" for k in s.data), *code]
         entry = {"cmd": f"uv run --frozen clip-pipeline {s.name}", "deps": deps, "params": list(s.params),
-                 "outs": [f"outputs/{s.asset}"]}
+                 "outs": [f"outputs/{s.asset}"] if s.versioned else []}
         if s.metrics:
             entry["metrics"] = [{s.metrics: {"cache": False}}]
         if s.plots:
             entry["outs"].append({s.plots: {"cache": False}})
+        if not entry["outs"]:
+            del entry["outs"]
         out[s.name] = entry
     return out

@@ -48,13 +48,25 @@ class TrainedModel:
     checkpoint: str
     holdout: str
     history: str
-    run_id: str
     model_name: str
     model_version: str
-    model_uri: str
     loss: str
     config: dict  # the model, loss and train params used, flat
     checkpoint_sha256: str  # also tagged on the MLflow run and the registered version
+
+    # The MLflow run is looked up, not stored: the published value holds only what the run's inputs determine (in a
+    # fresh registry, version 1), so DVC's hash of outputs/clip_model, and dvc.lock, are the same run after run.
+    @property
+    def run_id(self) -> str:
+        """The MLflow run that trained it (the registered version's run)."""
+        from mlflow import MlflowClient
+
+        return MlflowClient().get_model_version(self.model_name, self.model_version).run_id
+
+    @property
+    def model_uri(self) -> str:
+        """`models:/<name>/<version>`."""
+        return f"models:/{self.model_name}/{self.model_version}"
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,7 @@ model: {{vision_width: 32, vision_heads: 2, text_width: 32, text_heads: 2, embed
 ingest: {{input: {data}/captions.csv, url_col: path, local_paths: true, encode_format: png, shard_size: 500,
          processes: 1, threads: 2}}
 train: {{epochs: 8, batch_size: 64, lr: 0.003, holdout_size: 100, warmup_steps: 10, log_every: 2}}
-eval: {{test_images: {data}/test/t10k-images-idx3-ubyte.gz, test_labels: {data}/test/t10k-labels-idx1-ubyte.gz,
-        max_test_images: 300, probe_images: {data}/train/train-images-idx3-ubyte.gz,
-        probe_labels: {data}/train/train-labels-idx1-ubyte.gz, probe_size: 500}}
+eval: {{labeled_set: {data}/test, max_test_images: 300, probe_set: {data}/train, probe_size: 500}}
 registry: {{model_name: clip}}  # a fixed name for the asset tests; test_registry_per_dataset tests the default
 """
 

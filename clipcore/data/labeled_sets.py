@@ -1,7 +1,8 @@
-"""Labeled image sets for zero-shot evaluation and the linear probe: IDX files (MNIST format), an ImageFolder tree, a
-csv of (path, label), or tensors already in memory. Each is a `LabeledSet` read as fixed-size batches of uint8 images
-((B, S, S) from IDX, else (B, C, S, S)) and (B,) int64 labels, decoded one batch at a time: memory follows the batch
-size, never the set's. Only the per-row file names and labels (a few bytes a row) are listed up front."""
+"""Labeled image sets for zero-shot evaluation and the linear probe: IDX files (MNIST format; or a folder holding one
+images and one labels file), an ImageFolder tree, a csv of (path, label), or tensors already in memory. Each is a
+`LabeledSet` read as fixed-size batches of uint8 images ((B, S, S) from IDX, else (B, C, S, S)) and (B,) int64 labels,
+decoded one batch at a time: memory follows the batch size, never the set's. Only the per-row file names and labels
+(a few bytes a row) are listed up front."""
 
 from __future__ import annotations
 
@@ -200,26 +201,39 @@ def tensor_set(images: torch.Tensor, labels: np.ndarray, class_names: list[str])
     return LabeledSet(list(class_names), len(labels), read)
 
 
-def open_labeled_set(images: str | Path, labels: str | Path | None = None, class_names: list[str] | None = None,
-                     image_size: int = 224, channels: int = 3, limit: int | None = None) -> LabeledSet:
-    """A labeled set from its path: an ImageFolder tree (a folder), a csv of (path, label), or gzipped IDX images
-    with IDX `labels` (read at their own size; `image_size` and `channels` apply to the other two).
+def idx_files(folder: str | Path) -> tuple[Path, Path] | None:
+    """(images, labels) of a folder holding exactly one IDX images file (`*-images-idx3-ubyte[.gz]`) and one IDX
+    labels file (`*-labels-idx1-ubyte[.gz]`), as MNIST-style sets ship; None for any other folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    images = sorted(folder.glob("*-images-idx3-ubyte*"))
+    labels = sorted(folder.glob("*-labels-idx1-ubyte*"))
+    return (images[0], labels[0]) if len(images) == 1 and len(labels) == 1 else None
+
+
+def open_labeled_set(path: str | Path, class_names: list[str] | None = None, image_size: int = 224,
+                     channels: int = 3, limit: int | None = None) -> LabeledSet:
+    """A labeled set from its path: a folder of IDX files (see `idx_files`; read at their own size, labels are indices
+    into `class_names`), an ImageFolder tree (any other folder; its classnames.txt or folder names are the classes),
+    or a csv of (path, label) (labels are names in `class_names`, or indices). `image_size` and `channels` apply to
+    the ImageFolder and csv.
 
     Raises:
-        ValueError: IDX images without labels or class names; labels given for a folder or csv; class names given for
-            a folder (they come from its classnames.txt).
+        FileNotFoundError: `path` does not exist.
+        ValueError: an IDX folder without class names; class names given for an ImageFolder.
     """
-    path = Path(images)
-    if path.is_dir() or path.suffix == ".csv":
-        if labels:
-            raise ValueError(f"{path}: labels come from the {'folders' if path.is_dir() else 'csv'}; drop the labels "
-                             "file")
-        if path.is_dir():
-            if class_names is not None:
-                raise ValueError(f"{path}: an ImageFolder's class names come from its {FOLDER_CLASS_NAMES} (or its "
-                                 "folder names)")
-            return image_folder_set(path, image_size, channels, limit)
-        return csv_set(path, image_size, channels, class_names, limit)
-    if not labels or class_names is None:
-        raise ValueError(f"{path}: IDX images need an IDX labels file and class names")
-    return idx_set(path, labels, class_names, limit)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"labeled set {path} does not exist (an IDX folder, an ImageFolder tree or a csv)")
+    idx = idx_files(path)
+    if idx is not None:
+        if class_names is None:
+            raise ValueError(f"{path}: IDX labels are indices; give the class names (eval.class_names)")
+        return idx_set(*idx, class_names, limit)
+    if path.is_dir():
+        if class_names is not None:
+            raise ValueError(f"{path}: an ImageFolder's class names come from its {FOLDER_CLASS_NAMES} (or its "
+                             "folder names)")
+        return image_folder_set(path, image_size, channels, limit)
+    return csv_set(path, image_size, channels, class_names, limit)

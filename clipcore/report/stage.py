@@ -131,7 +131,7 @@ def run_facts(details: dict, src: ReportSources, templates: list[str]) -> dict[s
     date, duration and hardware, and when the report was written."""
     test_set = src.test_set
     size = int(np.asarray(details["confusion"]).sum())
-    source = test_set.labeled_set or test_set.test_images
+    source = test_set.labeled_set
     return {"test set": f"{test_set.name}: {size:,} images, {len(details['class_names'])} classes ({source})",
             "prompts": f"{len(templates)} templates (eval.templates = {test_set.templates}), e.g. "
                        + "; ".join(f'"{t}"' for t in templates[:3]),

@@ -42,9 +42,9 @@ def idx_files(tmp_path_factory):
     labels = rng.integers(0, len(CLASSES), 203)
     # class-dependent brightness, so a model's predictions are not all one class
     images = np.clip(rng.normal(40 + 50 * labels[:, None, None], 30, (203, 28, 28)), 0, 255).astype(np.uint8)
-    write_idx(root / "images.gz", images)
-    write_idx(root / "labels.gz", labels)
-    return root / "images.gz", root / "labels.gz", images, labels
+    write_idx(root / "toy-images-idx3-ubyte.gz", images)  # named as MNIST's: the folder is an IDX labeled set
+    write_idx(root / "toy-labels-idx1-ubyte.gz", labels)
+    return root / "toy-images-idx3-ubyte.gz", root / "toy-labels-idx1-ubyte.gz", images, labels
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +219,8 @@ def test_evaluate_stage_streams_the_test_set_and_keeps_its_outputs(idx_files, mo
         tmp_path / "holdout.parquet")
     labeled = idx_set(images_path, labels_path, CLASSES)
     write_classification_task(tmp_path / "suite" / "mini", tensor_set(*labeled.load(), CLASSES), TEMPLATES)
-    e = EvalConfig(test_images=str(images_path), test_labels=str(labels_path),
-                   class_names=str(tmp_path / "classes.txt"), probe_images=str(images_path),
-                   probe_labels=str(labels_path), probe_size=150, batch_size=40, device="cpu",
+    e = EvalConfig(labeled_set=str(images_path.parent), class_names=str(tmp_path / "classes.txt"),
+                   probe_set=str(images_path.parent), probe_size=150, batch_size=40, device="cpu",
                    name="toy", tasks=str(tmp_path / "suite"))
     result = run_evaluation(checkpoint, tmp_path / "holdout.parquet", tmp_path, e, tmp_path / "out",
                             tmp_path / "metrics.json")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from clipcore.config import load_params
 from clipcore.data.fashion_mnist import read_idx
+from clipcore.data.labeled_sets import idx_files
 from clipcore.model.prompts import load_class_names
 
 uri = sys.argv[1]
@@ -19,8 +20,9 @@ mlflow.set_tracking_uri(uri)
 model = mlflow.pyfunc.load_model("models:/clip@champion")
 cfg = load_params(os.environ["TINY_PARAMS"])
 n = cfg.eval.max_test_images
-images = read_idx(cfg.eval.test_images)[:n]
-labels = read_idx(cfg.eval.test_labels)[:n]
+image_file, label_file = idx_files(cfg.eval.labeled_set)
+images = read_idx(image_file)[:n]
+labels = read_idx(label_file)[:n]
 
 
 def png(a):

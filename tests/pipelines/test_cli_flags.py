@@ -35,6 +35,7 @@ FLAGS = {
                          "--templates", "--split", "--image-size", "--channels", "--limit", "--shard-size",
                          "--image-format"},
     "dvc-yaml": {"--output"},
+    "dataset-args": {"--params", "--format"},  # tests/pipelines/test_dataset_file.py
 }
 
 

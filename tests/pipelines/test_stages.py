@@ -172,7 +172,7 @@ def copy_project_with_placeholders(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     stages = dvc_stages()
     deps = {param(params, d[2:-1]) if d.startswith("${") else d for s in stages.values() for d in s["deps"]}
-    outs = {o for s in stages.values() for o in s["outs"] if isinstance(o, str)}  # stage folders
+    outs = {o for s in stages.values() for o in s.get("outs", []) if isinstance(o, str)}  # stage folders
     missing = {p for p in deps - outs if not (repo / p).exists()}
     for path in sorted(missing, key=len, reverse=True):  # deepest first: a path under another makes it a folder
         if not (repo / path).exists():
@@ -223,7 +223,7 @@ def test_dvc_status_reports_the_stages_reading_an_edited_data_file(tmp_path):
     copy_project_with_placeholders(repo)
     dvc(repo, "commit", "--force")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    edited = {key: param(params, key) for key in ("ingest.input", "eval.test_images")}
+    edited = {key: param(params, key) for key in ("ingest.input", "eval.labeled_set")}
     for path in edited.values():
         with open(repo / path, "a") as f:
             f.write("edited by test_stages\n")
