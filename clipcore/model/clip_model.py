@@ -96,28 +96,32 @@ class ClipModel(nn.Module):
         return normalize_uint8(images, *channel_stats(self.config.image_mean, self.config.image_std,
                                                       self.config.channels))
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, C, S', S') normalized pixels -> (B, D) unit-norm embeddings (other sizes and channel counts are fitted
-        to the tower's `image_size` and `channels`, see `fit_pixels`)."""
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, C, S', S') normalized pixels -> (B, D) unit-norm embeddings, or with `normalize=False` the projections
+        before L2 normalization (other sizes and channel counts are fitted to the tower's `image_size` and `channels`,
+        see `fit_pixels`)."""
         pixels = fit_pixels(pixels, self.config.channels, self.config.image_size)  # (B, C, S, S)
         if self.joint:
             emb = self.clip.get_image_features(pixel_values=pixels).pooler_output  # (B, D), projected
         else:
             emb = self.image_tower(pixels)  # (B, D)
-        return nn.functional.normalize(emb, dim=-1)
+        return nn.functional.normalize(emb, dim=-1) if normalize else emb
 
-    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) token ids -> (B, D) unit-norm embeddings (CLIP's tower pools at the end-of-text token, MiniLM's
-        averages the non-padding tokens)."""
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, L) token ids -> (B, D) unit-norm embeddings, or with `normalize=False` the projections before L2
+        normalization (CLIP's tower pools at the end-of-text token, MiniLM's averages the non-padding tokens)."""
         if self.joint:
             emb = self.clip.get_text_features(input_ids=token_ids).pooler_output  # (B, D)
         else:
             emb = self.text_tower(token_ids)  # (B, D)
-        return nn.functional.normalize(emb, dim=-1)
+        return nn.functional.normalize(emb, dim=-1) if normalize else emb
 
-    def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both towers at once (what DistributedDataParallel wraps): (B, D) image and (B, D) text embeddings."""
-        return self.encode_image(pixels), self.encode_text(token_ids)
+    def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor,
+                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers at once (what DistributedDataParallel wraps): (B, D) image and (B, D) text embeddings. Training
+        asks for the projections before normalization (`normalize=False`): the loss normalizes them itself, and the
+        `sq_euclid_raw` regularizer reads them as they are."""
+        return self.encode_image(pixels, normalize), self.encode_text(token_ids, normalize)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at `logit_scale_max`."""

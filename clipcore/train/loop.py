@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
@@ -73,15 +74,20 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def compute_loss(model: ClipModel, image_emb: torch.Tensor, text_emb: torch.Tensor, config: LossConfig,
+def compute_loss(model: ClipModel, image_proj: torch.Tensor, text_proj: torch.Tensor, config: LossConfig,
                  scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Dispatch on `config.name` to clipcore.train.losses; across processes, each scores its rows against all columns.
 
-    `scale` and `bias` default to the model's `scale()` and `logit_bias`."""
+    `image_proj`, `text_proj` (B, D) are this process's projections before L2 normalization (the towers' output with
+    `normalize=False`): the objectives see their unit-norm versions (gathered across processes), and the
+    `sq_euclid_raw` regularizer these rows as they are. `scale` and `bias` default to the model's `scale()` and
+    `logit_bias`."""
     scale = model.scale() if scale is None else scale
     bias = model.logit_bias if bias is None else bias
+    image_emb, text_emb = F.normalize(image_proj, dim=-1), F.normalize(text_proj, dim=-1)  # (B, D) unit norm
     columns = gather_with_grad(image_emb, text_emb)  # (N, D), (N, D), offset
-    return contrastive_loss(config, image_emb, text_emb, scale, bias, *columns)
+    return contrastive_loss(config, image_emb, text_emb, scale, bias, *columns, image_raw=image_proj,
+                            text_raw=text_proj)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -98,39 +104,45 @@ def backward_step(forward: torch.nn.Module, model: ClipModel, pixels: torch.Tens
     micro-batches without an autograd graph, take the loss and its gradients w.r.t. the embeddings, the scale and the
     bias, then re-run each micro-batch with a graph and back-propagate those gradients into the towers. Gradients equal
     the single-batch ones; only one micro-batch's activations are alive. Under DDP, gradients are averaged across
-    processes once, on the last micro-batch. Returns (loss, image embeddings, text embeddings), detached.
+    processes once, on the last micro-batch. The towers run with `normalize=False` (the loss normalizes; see
+    `compute_loss`). Returns (loss, image embeddings, text embeddings), detached and unit-norm.
     """
     autocast = autocast or nullcontext()
     if micro_batches == 1:
         with autocast:
-            image_emb, text_emb = (_at_least_fp32(e) for e in forward(pixels, ids))  # (B, D) each
-            value = compute_loss(model, image_emb, text_emb, config)
+            image_proj, text_proj = (_at_least_fp32(e) for e in forward(pixels, ids, normalize=False))  # (B, D)
+            value = compute_loss(model, image_proj, text_proj, config)
         value.backward()
-        return value.detach(), image_emb.detach(), text_emb.detach()
+        return value.detach(), *_unit(image_proj, text_proj)
     chunks = list(zip(pixels.chunk(micro_batches), ids.chunk(micro_batches), strict=True))
     with torch.no_grad(), autocast:
-        cached = [forward(p, i) for p, i in chunks]
-    image_emb = _at_least_fp32(torch.cat([c[0] for c in cached])).requires_grad_()
-    text_emb = _at_least_fp32(torch.cat([c[1] for c in cached])).requires_grad_()
+        cached = [forward(p, i, normalize=False) for p, i in chunks]
+    image_proj = _at_least_fp32(torch.cat([c[0] for c in cached])).requires_grad_()
+    text_proj = _at_least_fp32(torch.cat([c[1] for c in cached])).requires_grad_()
     scale = model.scale().detach().requires_grad_()
     bias = model.logit_bias.detach().requires_grad_()
-    value = compute_loss(model, image_emb, text_emb, config, scale=scale, bias=bias)
-    value.backward()  # gradients w.r.t. the cached embeddings, scale and bias only
-    image_grads = image_emb.grad.split([len(c[0]) for c in cached])
-    text_grads = text_emb.grad.split([len(c[1]) for c in cached])
+    value = compute_loss(model, image_proj, text_proj, config, scale=scale, bias=bias)
+    value.backward()  # gradients w.r.t. the cached projections, scale and bias only
+    image_grads = image_proj.grad.split([len(c[0]) for c in cached])
+    text_grads = text_proj.grad.split([len(c[1]) for c in cached])
     no_sync = getattr(forward, "no_sync", None)  # DDP: reduce gradients once, after the last micro-batch
     for k, ((p, i), g_image, g_text) in enumerate(zip(chunks, image_grads, text_grads, strict=True)):
         last = k == len(chunks) - 1
         with nullcontext() if last or no_sync is None else no_sync():
             with autocast:
-                image_part, text_part = forward(p, i)
+                image_part, text_part = forward(p, i, normalize=False)
             surrogate = (image_part * g_image).sum() + (text_part * g_text).sum()
             if last:  # the scale's (and bias's) gradient enters through the same backward as the towers'
                 surrogate = surrogate + (model.scale() * scale.grad).sum()
                 if bias.grad is not None:  # only SigLIP uses the bias
                     surrogate = surrogate + (model.logit_bias * bias.grad).sum()
             surrogate.backward()
-    return value.detach(), image_emb.detach(), text_emb.detach()
+    return value.detach(), *_unit(image_proj, text_proj)
+
+
+def _unit(image_proj: torch.Tensor, text_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached unit-norm embeddings of a step's projections (the margin diagnostics' input)."""
+    return F.normalize(image_proj.detach(), dim=-1), F.normalize(text_proj.detach(), dim=-1)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipcore.config import LossConfig
 from clipcore.train.loop import backward_step, compute_loss
-from clipcore.train.losses import LOSSES
+from clipcore.train.losses import LOSSES, REG_FORMS
 
 N, D_IN, D = 8, 6, 4
 
@@ -27,8 +27,9 @@ class Towers(torch.nn.Module):
         self.logit_bias = torch.nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
         self.double()
 
-    def forward(self, x, y):
-        return F.normalize(self.image(x), dim=-1), F.normalize(self.text(y), dim=-1)
+    def forward(self, x, y, normalize=True):
+        image, text = self.image(x), self.text(y)
+        return (F.normalize(image, dim=-1), F.normalize(text, dim=-1)) if normalize else (image, text)
 
     def scale(self):
         return self.log_scale.exp()
@@ -40,14 +41,19 @@ def data():
                                                                                  dtype=torch.float64)
 
 
+# every objective, and clip_reg's regularizer in each form (sq_euclid_raw reads the projections before normalization)
+CONFIGS = {**{name: LossConfig(name=name) for name in LOSSES},
+           **{f"clip_reg_{form}": LossConfig(name="clip_reg", reg_weight=0.5, reg_form=form) for form in REG_FORMS}}
+
+
 def loss_and_grads(model, forward, x, y, name, micro_batches=None):
     """The plain loss.backward() of one batch, or training's backward_step with `micro_batches`."""
     if micro_batches is None:
-        image_emb, text_emb = forward(x, y)
-        loss = compute_loss(model, image_emb, text_emb, LossConfig(name=name))
+        image_proj, text_proj = forward(x, y, normalize=False)
+        loss = compute_loss(model, image_proj, text_proj, CONFIGS[name])
         loss.backward()
     else:
-        loss, _, _ = backward_step(forward, model, x, y, LossConfig(name=name), micro_batches)
+        loss, _, _ = backward_step(forward, model, x, y, CONFIGS[name], micro_batches)
     return loss.detach(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
                            for n, p in model.named_parameters()}
 
@@ -56,10 +62,10 @@ def worker(rank: int, world: int, init_file: str, results: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, y = data()
     rows = slice(rank * N // world, (rank + 1) * N // world)
-    for name in LOSSES:
+    for name, config in CONFIGS.items():
         for micro_batches in (None, 2):
             model = Towers()
-            model.logit_bias.requires_grad_(LOSSES[name].uses_bias)  # DDP needs every trainable param used
+            model.logit_bias.requires_grad_(LOSSES[config.name].uses_bias)  # DDP needs every trainable param used
             ddp = DistributedDataParallel(model)  # averages gradients across processes, as in training
             loss, grads = loss_and_grads(model, ddp, x[rows], y[rows], name, micro_batches)
             dist.all_reduce(loss)
@@ -78,10 +84,10 @@ def two_process_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("micro_batches", [None, 2], ids=["one_batch", "two_micro_batches"])
-@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_two_processes_match_one(two_process_results, name, micro_batches):
     model = Towers()
-    model.logit_bias.requires_grad_(LOSSES[name].uses_bias)
+    model.logit_bias.requires_grad_(LOSSES[CONFIGS[name].name].uses_bias)
     x, y = data()
     expected_loss, expected_grads = loss_and_grads(model, model, x, y, name)  # one process, plain backward
     loss, grads = two_process_results[name, micro_batches]
