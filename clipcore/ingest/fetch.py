@@ -13,6 +13,7 @@ drips a byte a second cannot hold a download thread past it).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import stat
 import tarfile
@@ -161,22 +162,14 @@ class Fetcher:
     def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         """The body of a final (non-redirect) response, within `max_bytes` and before `deadline`.
 
-        A timer shuts the socket at the deadline: a blocked read returns at once, however slowly the bytes come.
+        The process's watchdog shuts the socket at the deadline: a blocked read returns at once, however slowly the
+        bytes come.
         """
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            with contextlib.suppress(OSError, RuntimeError, ValueError):  # the response may just have finished
-                response.shutdown()
-
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
-        timer.daemon = True
-        timer.start()
+        watch = _WATCHDOG.watch(response, deadline)
         complete = False
         try:
             body = self._stream(response)
-            if expired.is_set():
+            if watch.expired:
                 raise FetchError("timeout")  # the shut socket looked like the end of a short body
             complete = True
             return body
@@ -185,9 +178,9 @@ class Fetcher:
         except DecodeError as err:
             raise FetchError("bad_content_encoding") from err
         except (HTTPError, HTTPException, OSError) as err:  # a reset, or a body cut short
-            raise FetchError("timeout" if expired.is_set() else "connection_reset") from err
+            raise FetchError("timeout" if watch.expired else "connection_reset") from err
         finally:
-            timer.cancel()
+            _WATCHDOG.release(watch)  # before the connection goes back to the pool: never shut once reused
             if complete:
                 response.release_conn()
             else:
@@ -225,6 +218,64 @@ class Fetcher:
             if handle is None:
                 raise FetchError("no_image")
             return handle.read()
+
+
+class _Watch:
+    """One body being read: its deadline and whether the watchdog shut it."""
+
+    __slots__ = ("deadline", "response", "expired")
+
+    def __init__(self, deadline: float, response: urllib3.BaseHTTPResponse):
+        self.deadline, self.response, self.expired = deadline, response, False
+
+    def __lt__(self, other: _Watch) -> bool:  # heap order
+        return self.deadline < other.deadline
+
+
+class _Watchdog:
+    """One thread per process that shuts the socket of every body still being read at its fetch's deadline.
+
+    A thread per fetch (a `threading.Timer`) cost more CPU than the rest of a loopback fetch: starting a thread
+    hands the GIL back and forth with the new thread. Here a fetch only pushes its deadline on a heap, and the
+    thread sleeps until the earliest deadline of a body still being read.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[_Watch] = []
+        self._pid = 0  # the thread belongs to the process that started it: a forked child starts its own
+
+    def watch(self, response: urllib3.BaseHTTPResponse, deadline: float) -> _Watch:
+        watch = _Watch(deadline, response)
+        with self._cond:
+            if self._pid != os.getpid():
+                self._pid, self._heap = os.getpid(), []
+                threading.Thread(target=self._run, name="clipcore-fetch-watchdog", daemon=True).start()
+            heapq.heappush(self._heap, watch)
+            if self._heap[0] is watch:  # earlier than what the thread sleeps for (rare: deadlines only grow)
+                self._cond.notify()
+        return watch
+
+    def release(self, watch: _Watch) -> None:
+        """The body is read (or failed): the socket is never shut after this returns."""
+        with self._cond:
+            watch.response = None  # finished entries stay on the heap until the thread's next wake; hold nothing
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0].response is None or self._heap[0].deadline <= now):
+                    watch = heapq.heappop(self._heap)
+                    if watch.response is not None:
+                        watch.expired = True
+                        with contextlib.suppress(OSError, RuntimeError, ValueError):  # it may just have finished
+                            watch.response.shutdown()
+                        watch.response = None
+                self._cond.wait(self._heap[0].deadline - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def redirect_target(url: str, location: str | None) -> str:
