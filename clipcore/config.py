@@ -329,6 +329,9 @@ class RegistryConfig:
     the same suite) by more than this. 0.01: identical runs (same data, params and seed) scored zero-shot
     top-1 0.8614-0.8714 on Fashion-MNIST, a spread of ~0.01, so a smaller gain cannot be told from run-to-run noise.
     0 promotes on any gain."""
+    promote: bool = True
+    """False: the promote stage never moves `champion` (nor re-measures it), whatever the candidate scores; for runs
+    that are not candidates, such as the CLIP+Reg study's experiments (`make study`)."""
     experiment: str = "clip-pipeline"
     """MLflow experiment holding the runs."""
 

@@ -26,16 +26,21 @@ def gate_view(metrics: dict[str, float]) -> dict[str, float]:
 
 def decide(candidate_version: str, candidate: dict[str, float], champion_version: str | None,
            champion: dict[str, float] | None, alias: str = "champion", champion_error: str | None = None,
-           min_improvement: float = 0.0) -> Decision:
+           min_improvement: float = 0.0, allowed: bool = True) -> Decision:
     """Promote when there is no champion (or it is the candidate itself) or when the candidate's first GATE metric
     (the evaluation suite's average) beats the champion's, measured now on the same suite, by more than
     `min_improvement` (registry.min_improvement: a gain inside run-to-run noise leaves the champion in place).
 
     `champion_error` says why the champion could not be measured (its artifacts are gone): the loadable candidate is
-    promoted, so that the alias points at a model that can be served again, and the reason says so.
+    promoted, so that the alias points at a model that can be served again, and the reason says so. With `allowed`
+    False (registry.promote: false, e.g. the runs of a study) the candidate is never promoted, whatever its numbers.
     """
     key = GATE[0]
     candidate = gate_view(candidate)
+    if not allowed:
+        stays = f"v{champion_version} stays @{alias}" if champion_version else f"@{alias} stays unset"
+        return Decision(False, f"v{candidate_version} {key} {candidate[key]:.4f}: registry.promote is false, so it is "
+                        f"not a candidate for @{alias}; {stays}", candidate_version, candidate, champion_version, None)
     if champion_error is not None and champion_version not in (None, candidate_version):
         return Decision(True, f"v{candidate_version} {key} {candidate[key]:.4f}: {champion_error}, so the loadable "
                         f"candidate is now @{alias}", candidate_version, candidate, champion_version, None)

@@ -46,7 +46,8 @@ def champion(context: AssetExecutionContext, config: StageConfig, pipeline: Pipe
     `champion` alias of the candidate's registered model (its dataset's) to the candidate only if its suite average
     is higher by more than registry.min_improvement, and records the decision (with both sets of numbers) on the
     candidate's version and in outputs/champion/decision.json. A champion that cannot be loaded any more is
-    reported, and the candidate takes the alias."""
+    reported, and the candidate takes the alias. With registry.promote false (the runs of a study) the alias never
+    moves and the champion is not re-measured."""
     cfg = pipeline.load_config("promote", config.overrides)
     mlflow_store.setup(cfg.registry.experiment)
     if (evaluation.model_version, evaluation.checkpoint_sha256) != (clip_model.model_version,
@@ -54,11 +55,14 @@ def champion(context: AssetExecutionContext, config: StageConfig, pipeline: Pipe
         raise ValueError(f"the evaluation is of v{evaluation.model_version} ({evaluation.checkpoint_sha256[:12]}), "
                          f"the candidate is v{clip_model.model_version} ({clip_model.checkpoint_sha256[:12]}): "
                          "materialize `evaluation` again")
-    before, champion_metrics, error = champion_on_test_set(clip_model, evaluation)
+    if cfg.registry.promote:
+        before, champion_metrics, error = champion_on_test_set(clip_model, evaluation)
+    else:  # a study or trial run: the champion is neither measured nor moved
+        before, champion_metrics, error = champion_version(clip_model.model_name), None, None
     if error:
         context.log.warning(error)
     decision = decide(clip_model.model_version, evaluation.metrics, before, champion_metrics, CHAMPION, error,
-                      cfg.registry.min_improvement)
+                      cfg.registry.min_improvement, allowed=cfg.registry.promote)
     with pipeline.writing("champion") as stage:
         record_decision(clip_model.model_name, decision)
         value = Champion(dir=str(stage.final), model_name=clip_model.model_name, **dataclasses.asdict(decision))

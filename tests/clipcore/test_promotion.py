@@ -42,3 +42,13 @@ def test_the_gain_must_exceed_min_improvement(candidate_average, promoted, verb)
 
 def test_min_improvement_does_not_hold_back_a_first_champion():
     assert decide("1", metrics(0.1), None, None, min_improvement=0.5).promoted
+
+
+@pytest.mark.parametrize(("champion_version", "champion_average"), [(None, None), ("3", 0.10)])
+def test_registry_promote_false_never_promotes(champion_version, champion_average):
+    """registry.promote: false (the study's runs): not even a first or a far better candidate takes the alias."""
+    champion = None if champion_average is None else metrics(champion_average)
+    d = decide("7", metrics(0.95), champion_version, champion, allowed=False)
+    assert not d.promoted and d.champion_version == champion_version and d.champion is None
+    assert "registry.promote is false" in d.reason
+    assert d.reason.endswith("v3 stays @champion" if champion_version else "@champion stays unset")
