@@ -79,7 +79,8 @@ def measure(samples: int, cache_type: str, scratch: Path) -> dict:
     status_one = timed([*DVC, "status", "-q"], repo)
     both = du(repo)  # workspace + cache, hard links once
     startup = timed([*DVC, "version"], repo)  # what any dvc command costs before it looks at the data
-    result = {"samples": samples, "startup_s": startup, "cache_type": cache_type, "files": len(list((repo / "shards").iterdir())),
+    result = {"samples": samples, "startup_s": startup, "cache_type": cache_type,
+              "files": len(list((repo / "shards").iterdir())),
               "gib": size / 2**30, "commit_s": commit, "status_s": status, "status_one_rewritten_s": status_one,
               "reported_changed": status_changed.returncode != 0 or b"modified" in status_changed.stdout,
               "extra_disk_gib": (both - size) / 2**30}
