@@ -280,6 +280,15 @@ class TrainConfig:
     `/data/cc3m/{00000..00331}.tar::2` (brace ranges and globs; every sample with an image and a `txt`)."""
     kept_weight: float = bounded(1.0, gt=0)
     """Resampled mode: the kept rows' weight beside `sources`' (per shard, as open_clip's upsampling factors)."""
+    exclude_classes: tuple[str, ...] = ()
+    """Classes held out of training (names from `eval.class_names`), for zero-shot transfer to unseen classes: kept rows
+    whose caption names one (its name, plural or, for Fashion-MNIST, a web synonym; whole words) are dropped, and with
+    `exclude_labeled` those whose image is one of that set's images of these classes. Evaluation then also reports
+    zero-shot top-1 on these classes' test images (clipcore/train/held_out_classes.py)."""
+    exclude_labeled: str = ""
+    """With `exclude_classes`: an IDX folder holding the labeled copy of the caption data's images
+    (`data/fashion_mnist/train` for the default data); rows showing one of its images of an excluded class are dropped
+    too, whatever their caption says. Empty: captions only."""
 
 
 @dataclass

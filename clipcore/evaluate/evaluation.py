@@ -17,7 +17,7 @@ from clipcore.data.labeled_sets import Batch, LabeledSet
 from clipcore.evaluate.linear_probe import linear_probe
 from clipcore.evaluate.metric_names import ZERO_SHOT
 from clipcore.evaluate.retrieval import retrieval_metrics
-from clipcore.evaluate.zero_shot import ClassificationTally, build_zero_shot_classifier
+from clipcore.evaluate.zero_shot import ClassificationTally, HeldOutClassTally, build_zero_shot_classifier
 from clipcore.model.clip_model import ClipModel
 from clipcore.model.margins import margin_diagnostics
 from clipcore.model.tokenizer import tokenize
@@ -80,24 +80,32 @@ def class_embeddings(model: ClipModel, tokenizer: Tokenizer, class_names: list[s
 
 
 def zero_shot(model: ClipModel, tokenizer: Tokenizer, test_set: LabeledSet, templates: list[str],
-              batch_size: int = 1000, keep_embeddings: bool = False) -> tuple[dict, Batch | None]:
+              batch_size: int = 1000, keep_embeddings: bool = False,
+              unseen: list[int] | None = None) -> tuple[dict, Batch | None]:
     """Prompt-ensembled zero-shot classification of `test_set`, one batch at a time.
 
     Returns:
-        (ClassificationTally.result's dict, with `keep_embeddings` the (N, D) CPU image embeddings and (N,) labels
-        (the linear probe's test features), else None).
+        (ClassificationTally.result's dict, plus with `unseen` (labels of classes held out of training) the
+        HeldOutClassTally's under "held_out_classes"; with `keep_embeddings` the (N, D) CPU image embeddings and (N,)
+        labels (the linear probe's test features), else None).
     """
     classifier = class_embeddings(model, tokenizer, test_set.class_names, templates, batch_size)  # (C, D)
     classifier = classifier.to(model_device(model))
     tally = ClassificationTally(len(test_set.class_names))
+    split = HeldOutClassTally(len(test_set.class_names), unseen) if unseen else None
     embeddings, labels_seen = [], []
     for images, labels in _checked(test_set.batches(batch_size), len(test_set.class_names)):
         image_emb = encode_image_batch(model, images)  # (B, D)
-        tally.update((image_emb @ classifier.T).cpu().numpy(), labels)  # (B, C) logits
+        logits = (image_emb @ classifier.T).cpu().numpy()  # (B, C)
+        tally.update(logits, labels)
+        if split:
+            split.update(logits, labels)
         if keep_embeddings:
             embeddings.append(image_emb.cpu())
             labels_seen.append(labels)
     result = tally.result()  # raises on an empty set, before the concatenations below
+    if split:
+        result["held_out_classes"] = split.result()
     return result, (torch.cat(embeddings), np.concatenate(labels_seen)) if keep_embeddings else None
 
 
@@ -107,6 +115,13 @@ def _checked(batches: Iterable[tuple[torch.Tensor, np.ndarray]], num_classes: in
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"label {int(labels.max())} is outside the {num_classes} class names")
         yield images, labels
+
+
+def class_label(name: str, class_names: list[str]) -> int:
+    """The label of class `name` in the test set (a class held out of training must be one of its classes)."""
+    if name not in class_names:
+        raise ValueError(f"train.exclude_classes: {name!r} is not a class of the test set ({class_names})")
+    return class_names.index(name)
 
 
 def zero_shot_metrics(classes: dict) -> dict[str, float]:
@@ -131,6 +146,7 @@ def evaluate_model(
     holdout_captions: list[str],
     batch_size: int = 1000,
     probe: LabeledSet | None = None,  # images and labels to fit a linear probe on
+    unseen_classes: tuple[str, ...] = (),  # classes held out of training (train.exclude_classes)
 ) -> dict:
     """Zero-shot classification on the test set, retrieval and diagnostics on the held-out pairs, on the model's
     device.
@@ -140,8 +156,9 @@ def evaluate_model(
          "examples" ((truth, prediction) -> first test-set indices), "test_images", "retrieval_similarity"} -- the
         latter for reports.
     """
+    unseen = [class_label(name, test_set.class_names) for name in unseen_classes]
     classes, test_features = zero_shot(model, tokenizer, test_set, templates, batch_size,
-                                       keep_embeddings=probe is not None)
+                                       keep_embeddings=probe is not None, unseen=unseen)
     pair_images = embed_images(model, holdout_images, batch_size)  # (M, D)
     pair_texts = embed_texts(model, tokenizer, holdout_captions, batch_size)  # (M, D)
     retrieval = retrieval_metrics(pair_images.numpy(), pair_texts.numpy(), np.arange(len(pair_texts)))
@@ -150,6 +167,7 @@ def evaluate_model(
         **{f"retrieval_{k}": v for k, v in retrieval.items()},
         **margin_diagnostics(pair_images, pair_texts),
         "temperature": float(1 / model.scale().detach().float().cpu()),
+        **classes.get("held_out_classes", {}),
     }
     if probe is not None:
         probe_emb, probe_labels = embed_labeled_set(model, probe, batch_size)  # (P, D), (P,)

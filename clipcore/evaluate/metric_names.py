@@ -10,6 +10,10 @@ TASK_PREFIX, MAIN_METRIC = "task/", "main_metric"  # a task's metrics are task/<
 VERSION_TAGS = (EVAL_AVERAGE, *ZERO_SHOT[:2], RETRIEVAL[0], RETRIEVAL[3], LINEAR_PROBE)  # suite, top-1/5, R@1, probe
 GATE = (EVAL_AVERAGE, *ZERO_SHOT)  # what the promotion gate re-measures on the champion; the first decides
 SUMMARY = (EVAL_AVERAGE, *ZERO_SHOT, LINEAR_PROBE)  # the report's summary table
+# with train.exclude_classes: zero-shot top-1 of the test images of the classes held out of training ("unseen") and of
+# the others, classified among all classes, and of the unseen classes' images among the unseen classes only
+HELD_OUT_CLASSES = ("zero_shot_top1_unseen_classes", "zero_shot_top1_seen_classes",
+                    "zero_shot_top1_unseen_among_unseen")
 
 
 def task_metric(task: str, metric: str = MAIN_METRIC) -> str:

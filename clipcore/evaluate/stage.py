@@ -77,16 +77,18 @@ def suite_of(model: ClipModel, tokenizer: Tokenizer, e: EvalConfig, result: dict
 
 
 def measure_checkpoint(checkpoint: str | Path, holdout_path: str | Path, shard_root: str | Path,
-                       e: EvalConfig) -> tuple[ClipModel, dict, list[str], list[str], SuiteResult]:
+                       e: EvalConfig, unseen_classes: tuple[str, ...] = ()
+                       ) -> tuple[ClipModel, dict, list[str], list[str], SuiteResult]:
     """Everything `run_evaluation` reports of a checkpoint: (model, `evaluate_model`'s result with the suite's flat
-    keys added to its metrics, held-out uids, their captions, the suite)."""
+    keys added to its metrics, held-out uids, their captions, the suite). `unseen_classes`: the test set's classes
+    held out of training (train.exclude_classes), whose zero-shot top-1 is reported apart."""
     model, tokenizer = load_checkpoint(checkpoint)
     model.to(resolve_device(e.device, "eval.device"))
     labeled = open_test_set(e, model.config)
     uids, holdout_images, holdout_captions = load_holdout(holdout_path, shard_root, model.config)
     probe = open_probe_set(e, model.config, labeled.class_names) if e.probe_size > 0 else None
     result = evaluate_model(model, tokenizer, labeled, checkpoint_templates(checkpoint), holdout_images,
-                            holdout_captions, e.batch_size, probe)
+                            holdout_captions, e.batch_size, probe, unseen_classes)
     result["class_names"] = labeled.class_names
     suite = suite_of(model, tokenizer, e, result, len(uids))
     result["metrics"].update(suite.metrics())
@@ -109,13 +111,15 @@ class EvaluationResult:
 
 
 def run_evaluation(checkpoint: str | Path, holdout_path: str | Path, shard_root: str | Path, e: EvalConfig,
-                   out: str | Path, metrics_path: str | Path, identity: dict | None = None) -> EvaluationResult:
+                   out: str | Path, metrics_path: str | Path, identity: dict | None = None,
+                   unseen_classes: tuple[str, ...] = ()) -> EvaluationResult:
     """Evaluate the checkpoint on the test set, the held-out pairs and (with `probe_size`) a linear probe; writes
     `metrics_path` and out/details.json (per-class accuracy, confusions, retrieval examples, and `identity`: which
     model these numbers belong to)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, result, uids, holdout_captions, suite = measure_checkpoint(checkpoint, holdout_path, shard_root, e)
+    model, result, uids, holdout_captions, suite = measure_checkpoint(checkpoint, holdout_path, shard_root, e,
+                                                                      unseen_classes)
     class_names = result["class_names"]
     similarity = result["retrieval_similarity"]  # (images, captions)
     examples = [

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipcore.evaluate.metric_names import HELD_OUT_CLASSES
+
 EXAMPLES_PER_CELL = 6
 """Test-set indices remembered per (truth, prediction) cell: the report's thumbnails of confused pairs."""
 
@@ -78,6 +80,43 @@ class ClassificationTally:
             "examples": {cell: rows for cell, rows in self.examples.items() if rows},
             "count": self.count,
         }
+
+
+class HeldOutClassTally:
+    """Zero-shot top-1 split by classes held out of training (`unseen`) and the others, counted batch by batch: the
+    unseen classes' images classified among all classes and among the unseen classes only, and the seen classes'
+    images among all classes (HELD_OUT_CLASSES in clipcore.evaluate.metric_names)."""
+
+    def __init__(self, num_classes: int, unseen: list[int]):
+        self.unseen = np.array(sorted(set(unseen)), dtype=np.int64)  # (U,)
+        self.is_unseen = np.zeros(num_classes, dtype=bool)
+        self.is_unseen[self.unseen] = True
+        self.hits = {"unseen": 0, "seen": 0, "among_unseen": 0}
+        self.counts = {"unseen": 0, "seen": 0}
+
+    def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Count one batch: (B, C) logits and (B,) true labels."""
+        labels = np.asarray(labels)
+        pred = np.argsort(-logits, axis=1)[:, 0]  # as ClassificationTally: the same top-1
+        unseen = self.is_unseen[labels]  # (B,)
+        for part, rows in (("unseen", unseen), ("seen", ~unseen)):
+            self.hits[part] += int((pred[rows] == labels[rows]).sum())
+            self.counts[part] += int(rows.sum())
+        among = self.unseen[np.argsort(-logits[unseen][:, self.unseen], axis=1)[:, 0]]  # (B_unseen,) best unseen
+        self.hits["among_unseen"] += int((among == labels[unseen]).sum())
+
+    def result(self) -> dict[str, float]:
+        """The three top-1 values under their metrics.json names.
+
+        Raises:
+            ValueError: the test set has no image of an unseen (or of a seen) class.
+        """
+        for part, count in self.counts.items():
+            if count == 0:
+                raise ValueError(f"the test set has no image of a {part} class (train.exclude_classes)")
+        values = (self.hits["unseen"] / self.counts["unseen"], self.hits["seen"] / self.counts["seen"],
+                  self.hits["among_unseen"] / self.counts["unseen"])
+        return dict(zip(HELD_OUT_CLASSES, values, strict=True))
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:

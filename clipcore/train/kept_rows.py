@@ -17,12 +17,19 @@ BATCH_ROWS = 65_536
 
 @dataclass(frozen=True)
 class KeptRows:
-    """The training rows of a kept manifest: all of it but the held-out uids, up to `last_key` (`train.max_rows`)."""
+    """The training rows of a kept manifest: all of it but the held-out uids and the `excluded` ones (rows of classes
+    held out of training, `train.exclude_classes`), up to `last_key` (`train.max_rows`)."""
 
     path: str
     holdout: frozenset[str]
     last_key: str | None
     rows: int  # training rows
+    excluded: frozenset[str] = frozenset()
+
+    @property
+    def never_read(self) -> frozenset[str]:
+        """The uids training never reads: the held-out pairs and the excluded rows."""
+        return self.holdout | self.excluded
 
 
 def select_holdout(kept_path: str | Path, holdout_size: int, seed: int) -> pl.DataFrame:
@@ -39,16 +46,18 @@ def select_holdout(kept_path: str | Path, holdout_size: int, seed: int) -> pl.Da
     return kept.filter(pl.col("uid").is_in(uids.implode())).collect(engine="streaming").sort("uid")
 
 
-def training_rows(kept_path: str | Path, holdout: pl.DataFrame, max_rows: int | None) -> KeptRows:
-    """The rows that train: every kept row not held out, the first `max_rows` of them (by uid) when set."""
+def training_rows(kept_path: str | Path, holdout: pl.DataFrame, max_rows: int | None,
+                  excluded: frozenset[str] = frozenset()) -> KeptRows:
+    """The rows that train: every kept row neither held out nor `excluded`, the first `max_rows` of them (by uid) when
+    set."""
     held = frozenset(holdout["uid"].to_list())
-    rest = pl.scan_parquet(kept_path).filter(~pl.col("uid").is_in(list(held)))
+    rest = pl.scan_parquet(kept_path).filter(~pl.col("uid").is_in(list(held | excluded)))
     rows = rest.select(pl.len()).collect().item()
     last_key = None
     if max_rows is not None and max_rows < rows:
         last_key = rest.select(pl.col("uid").sort().slice(max_rows - 1, 1)).collect(engine="streaming").item()
         rows = max_rows
-    return KeptRows(str(kept_path), held, last_key, rows)
+    return KeptRows(str(kept_path), held, last_key, rows, excluded - held)
 
 
 def kept_shards(kept_path: str | Path, shard_root: str | Path) -> tuple[str, ...]:
@@ -61,5 +70,5 @@ def iter_captions(rows: KeptRows) -> Iterator[str]:
     """The training rows' captions, read a batch of rows at a time."""
     for batch in pq.ParquetFile(rows.path).iter_batches(batch_size=BATCH_ROWS, columns=["uid", "caption"]):
         for uid, caption in zip(batch.column("uid").to_pylist(), batch.column("caption").to_pylist(), strict=True):
-            if uid not in rows.holdout and (rows.last_key is None or uid <= rows.last_key):
+            if uid not in rows.never_read and (rows.last_key is None or uid <= rows.last_key):
                 yield caption

@@ -16,10 +16,11 @@ from clipcore.config import PipelineConfig
 from clipcore.data.stream import Source, StreamSpec
 from clipcore.model.clip_model import build_model, save_checkpoint, save_templates
 from clipcore.model.device import resolve_device
-from clipcore.model.prompts import load_templates
+from clipcore.model.prompts import load_class_names, load_templates
 from clipcore.model.tokenizer import load_tokenizer, train_tokenizer
 from clipcore.model.towers import load_pretrained_tokenizer, resolve_model_config
 from clipcore.train.distributed import barrier, init_from_env, rank_and_world
+from clipcore.train.held_out_classes import Exclusion, excluded_rows
 from clipcore.train.kept_rows import KeptRows, iter_captions, kept_shards, select_holdout, training_rows
 from clipcore.train.loop import TrainResult, data_streams, train_clip
 from clipcore.train.losses import LOSSES
@@ -33,6 +34,7 @@ class PretrainOutput:
     train_rows: int
     holdout_rows: int
     result: TrainResult
+    exclusion: Exclusion | None = None  # rows dropped for `train.exclude_classes`
 
     def summary(self, processes: int) -> dict:
         """The numbers of a finished training that the pipeline logs and shows."""
@@ -41,7 +43,8 @@ class PretrainOutput:
                 "seconds": r.seconds, "samples_per_second": r.samples_per_second,
                 "data_wait_seconds": r.data_wait_seconds, "device": r.device, "processes": processes,
                 "flops_per_sample": r.flops_per_sample, "achieved_tflops": r.achieved_tflops, "mfu": r.mfu,
-                "peak_memory_mb": r.peak_memory_bytes / 2**20, "skipped_samples": r.skipped_samples}
+                "peak_memory_mb": r.peak_memory_bytes / 2**20, "skipped_samples": r.skipped_samples,
+                **(self.exclusion.summary() if self.exclusion else {})}
 
 
 def parse_sources(entries: tuple[str, ...]) -> list[tuple[tuple[str, ...], float]]:
@@ -66,7 +69,7 @@ def stream_spec(rows: KeptRows, shard_root: str | Path, config: PipelineConfig, 
                 world: int) -> StreamSpec:
     """The training stream: the kept rows' shards (and `train.sources`), with the model's input size."""
     t = config.train
-    kept = Source(kept_shards(rows.path, shard_root), t.kept_weight, rows.path, rows.holdout, rows.last_key)
+    kept = Source(kept_shards(rows.path, shard_root), t.kept_weight, rows.path, rows.never_read, rows.last_key)
     extra = tuple(Source(shards, weight) for shards, weight in parse_sources(t.sources))
     return StreamSpec(sources=(kept, *extra), image_size=model_config.image_size, channels=model_config.channels,
                       tokenizer_path=str(tokenizer_path), context_length=model_config.context_length, seed=t.seed,
@@ -97,7 +100,11 @@ def run_pretraining(
     init_from_env(resolve_device(config.train.device, "train.device"))
     rank, world = rank_and_world()
     holdout = select_holdout(kept_path, config.train.holdout_size, config.train.seed)
-    rows = training_rows(kept_path, holdout, config.train.max_rows)
+    exclusion = None
+    if config.train.exclude_classes:  # the held-out-classes experiment: these classes never train
+        exclusion = excluded_rows(kept_path, config.train.exclude_classes, load_class_names(config.eval.class_names),
+                                  config.train.exclude_labeled)
+    rows = training_rows(kept_path, holdout, config.train.max_rows, exclusion.uids if exclusion else frozenset())
     model_config = resolve_model_config(config.model)  # a pretrained CLIP sets the image size
     tokenizer_path = output_dir / "tokenizer.json"
     if rank == 0 and not (resume and tokenizer_path.exists()):
@@ -123,4 +130,4 @@ def run_pretraining(
         save_templates(checkpoint, load_templates(config.eval.templates))
         history_path.write_text(json.dumps(result.history))
     barrier()
-    return PretrainOutput(checkpoint, rows.rows, holdout.height, result)
+    return PretrainOutput(checkpoint, rows.rows, holdout.height, result, exclusion)

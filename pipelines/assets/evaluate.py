@@ -51,7 +51,7 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
         with pipeline.reading("clip_model"):  # no pretrain run swaps the checkpoint while it is checked and read
             check_checkpoint(clip_model)
             result = run_evaluation(clip_model.checkpoint, clip_model.holdout, caption_shards.dir, cfg.eval,
-                                    stage.work, stage.work / "metrics.json", identity)
+                                    stage.work, stage.work / "metrics.json", identity, cfg.train.exclude_classes)
         log_evaluation(clip_model.run_id, clip_model.model_name, clip_model.model_version,
                        clip_model.checkpoint_sha256, result.metrics,
                        [stage.work / "metrics.json", stage.work / "details.json"])
