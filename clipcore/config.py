@@ -91,6 +91,20 @@ class IngestConfig:
     """Longer captions are rejected."""
     user_agent: str = "clip-pipeline/0.1 (img2dataset-compatible research crawler)"
     """User-Agent header of every request."""
+    dedupe_urls: bool = True
+    """A URL is fetched once: its first valid row is the pair, later valid rows of the URL are `duplicate_url` (whatever
+    their caption). False: every distinct (url, caption) pair is a sample, each fetched (a URL with k distinct captions
+    k times); only exact repeats of a pair are `duplicate_url`. COCO never dedupes (its captions share an image)."""
+    distributor: str = bounded("local", one_of=("local", "ray"))
+    """Where shards are written: `local` (a process pool of `processes` workers) or `ray` (one Ray task per shard on
+    the cluster at `ray_address`)."""
+    ray_address: str = ""
+    """Ray cluster to join with `distributor: ray` (`ray start --head` prints it, e.g. `10.0.0.5:6379`, or `auto`).
+    Empty: $RAY_ADDRESS, else a Ray instance started on this machine for the run."""
+    plan_dir: str = ""
+    """Folder of the input plan (row counts, duplicate rows, parquet copies of csv/tsv/jsonl inputs), reused while the
+    input files keep their size and mtime. Empty: `<output>.plan` beside a local output folder; set it (to storage
+    every node mounts) when the output is a remote fsspec URL."""
 
 
 @dataclass

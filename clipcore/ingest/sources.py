@@ -25,11 +25,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 REPLACEMENT = "\ufffd"  # what a lossy UTF-8 decode puts where bytes were not UTF-8
 
 
+def table_format(path: str | Path) -> str | None:
+    """The URL-list format a file name implies (`a.csv`, `a.jsonl.gz`, `part-0.parquet`), or None."""
+    suffixes = [s.lstrip(".") for s in Path(path).suffixes if s != ".gz"]
+    return suffixes[-1] if suffixes and suffixes[-1] in TABLE_FORMATS else None
+
+
 def detect_format(path: str | Path) -> str:
-    """The input format implied by a path: a folder, `*.tar`, `*.json` (COCO) or a table suffix (`.gz` allowed)."""
+    """The input format implied by a path: a folder (of tar shards: webdataset; of URL-list files and no images: their
+    format; else an image folder), `*.tar`, `*.json` (COCO) or a table suffix (`.gz` allowed)."""
     path = Path(path)
     if path.is_dir():
-        return "webdataset" if any(path.glob("*.tar")) else "folder"
+        if any(path.glob("*.tar")):
+            return "webdataset"
+        files = [p for p in path.iterdir() if p.is_file()]
+        tables = sorted(fmt for p in files if (fmt := table_format(p)))
+        if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            return tables[0]
+        return "folder"
     suffixes = [s.lstrip(".") for s in path.suffixes if s != ".gz"]
     name = suffixes[-1] if suffixes else ""
     if name in TABLE_FORMATS:
@@ -41,34 +54,54 @@ def detect_format(path: str | Path) -> str:
     raise ValueError(f"{path}: cannot tell the input format from the name; pass one of {FORMATS}")
 
 
-def _read_table(path: Path, fmt: str) -> pl.DataFrame:
+def scan_table(path: str | Path, fmt: str) -> pl.LazyFrame:
+    """A URL-list file as a lazy frame (nothing read yet); csv/tsv decoded lossily, so one row with bad bytes becomes
+    a recorded reason, not a crash."""
     if fmt == "parquet":
-        return pl.read_parquet(path)
+        return pl.scan_parquet(path)
     if fmt == "jsonl":
-        return pl.read_ndjson(path, infer_schema_length=None)
-    # csv/tsv: decode lossily, so one row with bad bytes becomes a recorded reason, not a crash
-    return pl.read_csv(path, separator="\t" if fmt == "tsv" else ",", encoding="utf8-lossy", infer_schema=False,
+        return pl.scan_ndjson(path, infer_schema_length=None)
+    return pl.scan_csv(path, separator="\t" if fmt == "tsv" else ",", encoding="utf8-lossy", infer_schema=False,
                        quote_char=None if fmt == "tsv" else '"')
 
 
-def read_url_list(path: str | Path, fmt: str, url_col: str, caption_col: str) -> pl.DataFrame:
-    """A URL list: every column kept; `url_col` and `caption_col` renamed to `url` and `caption`."""
+def check_table(path: str | Path, fmt: str, url_col: str, caption_col: str) -> list[str]:
+    """The columns of URL-list file `path`, read from its header or metadata only; raises (naming the file) when it is
+    missing, empty, unreadable as `fmt` or lacks `url_col` / `caption_col`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     if path.stat().st_size == 0:  # polars would say "empty CSV" or fail to infer a type, without the file's name
         raise ValueError(f"{path}: the input is empty (0 bytes); nothing to ingest")
     try:
-        table = _read_table(path, fmt)
+        columns = scan_table(path, fmt).collect_schema().names()
     except pl.exceptions.PolarsError as err:  # a stale input_format: parquet bytes read as jsonl, csv as parquet...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: cannot be read as {fmt} (ingest.input_format): {reason}") from err
     for column, role in ((url_col, "url"), (caption_col, "caption")):
-        if column not in table.columns:
-            other = next((f for f, sep in (("csv", ","), ("tsv", "\t")) if f != fmt and sep in table.columns[0]), None)
-            hint = f" (one column: is it {other}? ingest.input_format)" if len(table.columns) == 1 and other else ""
+        if column not in columns:
+            other = next((f for f, sep in (("csv", ","), ("tsv", "\t")) if f != fmt and sep in columns[0]), None)
+            hint = f" (one column: is it {other}? ingest.input_format)" if len(columns) == 1 and other else ""
             raise ValueError(f"{path}: no {role} column {column!r} (--{role}-col, ingest.{role}_col); columns are "
-                             f"{table.columns}{hint}")
+                             f"{columns}{hint}")
+    return columns
+
+
+def read_url_list(path: str | Path, fmt: str, url_col: str, caption_col: str) -> pl.DataFrame:
+    """A URL list: every column kept; `url_col` and `caption_col` renamed to `url` and `caption`."""
+    check_table(path, fmt, url_col, caption_col)
+    try:
+        table = scan_table(path, fmt).collect()
+    except pl.exceptions.PolarsError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot be read as {fmt} (ingest.input_format): {reason}") from err
+    return normalize_table(table, url_col, caption_col)
+
+
+def normalize_table(table: pl.DataFrame | pl.LazyFrame, url_col: str, caption_col: str):
+    """A URL list's rows in the common layout: `url_col` and `caption_col` renamed to `url` and `caption` (as strings),
+    `source_error` appended (`caption_not_utf8` where a lossy decode replaced bytes; such a caption becomes null).
+    Eager or lazy, the same expressions: a slice read by a worker equals the same rows of the whole table."""
     table = table.rename({url_col: "url", caption_col: "caption"}).with_columns(
         pl.col("url").cast(pl.String), pl.col("caption").cast(pl.String)
     )

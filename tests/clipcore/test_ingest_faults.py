@@ -133,7 +133,7 @@ def test_duplicate_url_only_after_an_earlier_valid_row():
         assert prepare_rows(table, IngestConfig(max_caption_chars=20))["source_error"].to_list() == \
             naive_reasons(rows, 20)
     # COCO: repeats of one URL are several captions of one image, never duplicates
-    coco = prepare_rows(table, IngestConfig(max_caption_chars=20), dedupe_urls=False)["source_error"].to_list()
+    coco = prepare_rows(table, IngestConfig(max_caption_chars=20), key=None)["source_error"].to_list()
     assert "duplicate_url" not in coco
 
 
