@@ -1,6 +1,7 @@
 """Ingest and filter under faults and hostile input: no row lost or misattributed, no stale shard reused, no
 output written for an empty input, no filter output mixed from two runs."""
 
+import gzip
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ from clipcore.config import FilterConfig, IngestConfig
 from clipcore.data.layout import read_manifest
 from clipcore.filter.rules import filter_manifest
 from clipcore.filter.stage import read_filtered, run_filter
+from clipcore.ingest.plan import plan_input, read_item
 from clipcore.ingest.sources import read_input
 from clipcore.ingest.stage import ingest, prepare_rows, shard_is_complete, write_shard
 from tests.clipcore.http_fixture import jpeg
@@ -94,19 +96,20 @@ def test_an_unexpected_error_stays_in_its_row(tmp_path, monkeypatch):
 # ---- 4. the duplicate-URL rule never loses a valid row
 
 
-def naive_reasons(rows: list[tuple], max_chars: int) -> list[str | None]:
+def naive_reasons(rows: list[tuple], max_chars: int, pairs: bool = False) -> list[str | None]:
     """The rule written as a loop: a row's own reason first, else `duplicate_url` iff an earlier valid row had its
-    URL."""
+    URL (with `pairs`, its URL and caption)."""
     seen, out = set(), []
     for url, caption, error in rows:
+        key = (url, caption) if pairs else url
         if error is None and caption is None:
             error = "caption_missing"
         elif error is None and len(caption) > max_chars:
             error = "caption_too_long"
-        elif error is None and url is not None and url in seen:
+        elif error is None and url is not None and key in seen:
             error = "duplicate_url"
         if error is None and url is not None:
-            seen.add(url)
+            seen.add(key)
         out.append(error)
     return out
 
@@ -135,6 +138,59 @@ def test_duplicate_url_only_after_an_earlier_valid_row():
     # COCO: repeats of one URL are several captions of one image, never duplicates
     coco = prepare_rows(table, IngestConfig(max_caption_chars=20), key=None)["source_error"].to_list()
     assert "duplicate_url" not in coco
+
+
+def write_url_lists(folder, rows: list[tuple], sizes: list[int]) -> None:
+    """`rows` (url, caption, None) split over files of `sizes` rows, in name order: csv, parquet, jsonl.gz, csv..."""
+    folder.mkdir()
+    start = 0
+    for i, size in enumerate(sizes):
+        part = pl.DataFrame(rows[start:start + size], schema={"url": pl.String, "caption": pl.String,
+                                                              "source_error": pl.String}, orient="row").drop(
+            "source_error")
+        kind = ("csv", "parquet", "jsonl.gz")[i % 3]
+        path = folder / f"part-{i:02d}.{kind}"
+        if kind == "csv":
+            part.write_csv(path)
+        elif kind == "parquet":
+            part.write_parquet(path)
+        else:
+            with gzip.open(path, "wb") as f:
+                part.write_ndjson(f)
+        start += size
+
+
+def planned_reasons(config, plan_dir) -> list[str | None]:
+    """Every row's reason as the workers see it: each work item read from its own slices only."""
+    plan = plan_input(config, plan_dir)
+    last = -(-plan.rows // config.shard_size) - 1
+    return [e for item in plan.items(config.shard_size, 0, last) for e in read_item(item, config)["source_error"]]
+
+
+@pytest.mark.parametrize("dedupe_urls", [True, False])
+def test_no_valid_row_is_a_duplicate_of_an_invalid_one_across_shards_and_files(tmp_path, dedupe_urls):
+    """The streaming plan (hashes of valid rows, sorted) gives every row the loop's reason when the rows are spread
+    over csv, parquet and jsonl.gz files and read back one shard (7 rows, crossing file ends) at a time; an invalid
+    first row of a URL never costs the valid rows after it their place, in the same shard, the next one or the next
+    file. dedupe_urls=false rejects only repeated (url, caption) pairs."""
+    rng = random.Random(1)
+    rows = [("http://h/a", None, None), ("http://h/a", "a fine caption", None),  # invalid first, in one shard
+            *[("http://h/b", "x" * 30, None)] * 8,  # only invalid rows of b, through shard 1...
+            ("http://h/b", "valid at last", None), ("http://h/b", "valid at last", None)]  # ...then valid ones
+    rows += [(rng.choice(["http://h/a", "http://h/b", "http://h/c", "http://h/d", None]),
+              rng.choice([None, "short", "other", "x" * 30]), None) for _ in range(120)]
+    write_url_lists(tmp_path / "lists", rows, [5, 9, 1, 40, 30, 47])
+    config = IngestConfig(input=str(tmp_path / "lists"), max_caption_chars=20, shard_size=7, dedupe_urls=dedupe_urls)
+    got = planned_reasons(config, tmp_path / "plan")
+    assert got == naive_reasons(rows, 20, pairs=not dedupe_urls)
+    assert got[1] is None and got[10] is None and got[11] == "duplicate_url"
+    # the plan is reused while the files are unchanged: the same reasons from the cache
+    assert planned_reasons(config, tmp_path / "plan") == got
+    # the eager form agrees
+    table = pl.DataFrame(rows, schema={"url": pl.String, "caption": pl.String, "source_error": pl.String},
+                         orient="row")
+    eager = prepare_rows(table, config, key="url" if dedupe_urls else "pair")["source_error"].to_list()
+    assert eager == got
 
 
 def test_filter_duplicates_only_count_rows_that_pass():
