@@ -232,7 +232,14 @@ def count_input_rows(config: IngestConfig, plan_dir: str | Path | None = None) -
     described = _describe(files, config, plan_dir)
     if plan_dir is not None and plan_dir.exists():
         _remember(plan_dir, described)
-    return sum(f["rows"] for f in described)
+    return _total_rows(config, described)
+
+
+def _total_rows(config: IngestConfig, described: list[dict]) -> int:
+    total = sum(f["rows"] for f in described)
+    if total == 0:  # caught before any output exists: empty shards would later pass as complete
+        raise ValueError(f"{config.input}: no rows to ingest (an empty {described[0]['fmt']} input)")
+    return total
 
 
 def _remember(plan_dir: Path, described: list[dict]) -> None:
@@ -249,9 +256,7 @@ def plan_input(config: IngestConfig, plan_dir: str | Path) -> Plan:
     if files is None:
         return _plan_eager(config, plan_dir)
     described = _describe(files, config, plan_dir)
-    total = sum(f["rows"] for f in described)
-    if total == 0:  # caught before any output exists: empty shards would later pass as complete
-        raise ValueError(f"{config.input}: no rows to ingest (an empty {described[0]['fmt']} input)")
+    total = _total_rows(config, described)
     key = _plan_key(config, described)
     meta_path = plan_dir / "plan.json"
     if meta_path.exists():

@@ -1,9 +1,15 @@
-"""The ingest stage's asset (one partition per shard) and its blocking check."""
+"""The ingest stage's asset (one partition per shard) and its blocking check.
+
+A backfill of the shard partitions runs as many runs of at most `SHARDS_PER_RUN` shards each
+(`BackfillPolicy.multi_run`), which a run launcher may fan out over machines; within a run the shards go to
+`ingest.distributor` (a local process pool, or Ray tasks on a cluster). No run reads the whole input: the cached plan
+(`<output>.plan`) gives the row counts and duplicate rows, and each worker reads its own slice."""
 
 import dataclasses
 
 import polars as pl
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -13,9 +19,15 @@ from dagster import (
     asset,
     asset_check,
 )
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
-from clipcore.data.layout import read_manifest, shard_name
-from clipcore.ingest.sources import read_input
+from clipcore.data.layout import shard_count, shard_name
+from clipcore.ingest.manifests import account_rows
+from clipcore.ingest.plan import count_input_rows, default_plan_dir
 from clipcore.ingest.stage import ingest
 from pipelines.assets import GROUP, StageConfig, ingest_shards
 from pipelines.io import markdown_table
@@ -23,14 +35,17 @@ from pipelines.provenance import tag_dagster_run
 from pipelines.resources import PipelineResource
 from pipelines.values import CaptionShards
 
+SHARDS_PER_RUN = 16
+"""Shard partitions per run of a backfill: each run is one unit a run launcher can place on its own machine."""
+
 
 @asset(group_name=GROUP, kinds={"polars", "webdataset"}, partitions_def=ingest_shards,
-       backfill_policy=BackfillPolicy.single_run())
+       backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN))
 def caption_shards(context: AssetExecutionContext, config: StageConfig,
                    pipeline: PipelineResource) -> Output[CaptionShards]:
     """Every input row fetched (or read) and validated; good images resized into webdataset tar shards,
     every row in its shard's parquet manifest with a status and an error reason. One partition per shard;
-    a backfill of many partitions runs as one run with `ingest.processes` workers."""
+    a backfill runs as runs of up to SHARDS_PER_RUN shards, each on `ingest.distributor`."""
     cfg = pipeline.load_config("ingest", config.overrides)
     tag_dagster_run(context, cfg.ingest.input)
     out = pipeline.stage_dir("caption_shards")
@@ -47,29 +62,42 @@ def caption_shards(context: AssetExecutionContext, config: StageConfig,
         "rows": stats["rows"], "success": stats["success"], "failed": stats["failed"],
         "by_status": MetadataValue.json(stats["by_status"]), "by_error": MetadataValue.json(stats["by_error"]),
         "shards": stats["shards"], "shards_written": stats["shards_written"], "seconds": stats["seconds"],
+        "distributor": cfg.ingest.distributor, "nodes": stats["nodes"],
         "preview": MetadataValue.md(markdown_table(manifest.drop("sha256", "phash"))),
         "config": MetadataValue.json(dataclasses.asdict(cfg.ingest)),
     })
 
 
 @asset_check(asset=caption_shards, blocking=True,
-             description="One manifest row per input row, unique uids, and at least one image ingested; filtering "
-                         "does not start otherwise.")
-def ingest_accounts_for_every_row(pipeline: PipelineResource, caption_shards: CaptionShards) -> AssetCheckResult:
+             description="One manifest row per input row of the run's shards, uids unique and in their shard's slice, "
+                         "and at least one image ingested; filtering does not start otherwise.")
+def ingest_accounts_for_every_row(context: AssetCheckExecutionContext, pipeline: PipelineResource,
+                                  caption_shards: CaptionShards) -> AssetCheckResult:
     cfg = pipeline.load_config("ingest", caption_shards.overrides).ingest  # the run's --set values too
-    manifest = read_manifest(caption_shards.dir)
-    table_rows = read_input(cfg).height
-    unique = manifest["uid"].n_unique()
-    success = int((manifest["status"] == "success").sum())
-    metadata = {"input_rows": table_rows, "manifest_rows": manifest.height, "unique_uids": unique, "success": success}
-    if success == 0 and manifest.height:  # every row failed: nothing to train on, and usually a setting is wrong
-        top = manifest["error"].drop_nulls().value_counts(sort=True).head(1)
-        reason = top["error"][0] if top.height else "unknown"
+    rows = count_input_rows(cfg, default_plan_dir(cfg, caption_shards.dir))  # the plan's count: no input rows read
+    first, last = run_shard_range(context, shard_count(rows, cfg.shard_size))
+    counts = account_rows(caption_shards.dir, rows, cfg.shard_size, first, last)
+    metadata = {"input_rows": counts["expected_rows"], "manifest_rows": counts["manifest_rows"],
+                "unique_uids": counts["unique_uids"], "success": counts["success"],
+                "shards": f"{shard_name(first)}..{shard_name(last)}"}
+    if counts["success"] == 0 and counts["manifest_rows"]:  # every row failed: nothing to train on, a setting is wrong
+        reason = next(iter(counts["by_error"]), "unknown")
         hint = " (ingest.data_root: the folder the local paths lie in?)" if reason == "file_not_found" else ""
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, metadata=metadata,
                                 description=f"no row was ingested; most common reason {reason!r}{hint}")
-    passed = manifest.height == table_rows == unique
+    passed = counts["manifest_rows"] == counts["expected_rows"] == counts["unique_uids"]
     return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
+
+
+def run_shard_range(context: AssetCheckExecutionContext, count: int) -> tuple[int, int]:
+    """The shards the check's run materialized (its partition or partition range tags; all `count` shards when it
+    has none), so each run of a multi-run backfill checks its own shards."""
+    tags = context.run.tags
+    if ASSET_PARTITION_RANGE_START_TAG in tags and ASSET_PARTITION_RANGE_END_TAG in tags:
+        return int(tags[ASSET_PARTITION_RANGE_START_TAG]), min(int(tags[ASSET_PARTITION_RANGE_END_TAG]), count - 1)
+    if PARTITION_NAME_TAG in tags:
+        return int(tags[PARTITION_NAME_TAG]), int(tags[PARTITION_NAME_TAG])
+    return 0, count - 1
 
 
 ASSETS, CHECKS = [caption_shards], [ingest_accounts_for_every_row]

@@ -27,8 +27,9 @@ DVC = ("uv", "tool", "run", "--quiet", "--from", "dvc==3.67.1", "dvc")  # DVC co
 # no longer needed fails the test, so fixing pipelines/stages.py also means deleting the entry here.
 # Reached only through a function the stage never calls: declaring them would rerun the stage for nothing.
 # launch.materialize_stages registers shard partitions (pipelines.partitions, which reads the input) only when the
-# ingest asset is selected.
-_REGISTER_SHARDS = {"pipelines/partitions.py", "clipcore/ingest/__init__.py", "clipcore/ingest/sources.py"}
+# ingest asset is selected (it counts the input rows with the plan, clipcore.ingest.plan).
+_REGISTER_SHARDS = {"pipelines/partitions.py", "clipcore/ingest/__init__.py", "clipcore/ingest/sources.py",
+                    "clipcore/ingest/plan.py"}
 NEVER_CALLED = {
     # pipelines/resources.py's MLflowResource.setup imports pipelines.tracking (and its champion_checkpoint the model
     # code); the ingest asset uses no MLflow.
