@@ -8,7 +8,8 @@ DVC_VERSION := 3.67.1
 DVC := uv tool run --quiet --from dvc==$(DVC_VERSION) dvc
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test setup uv dataset data repro exp compare-filters ui mlflow-ui lint clean
+.PHONY: run test setup uv dataset data repro exp compare-filters study study-heldout study-queue study-wait study-report \
+	ui mlflow-ui lint clean
 
 run: setup data repro ## set everything up and run the whole chain on the default dataset
 	@echo; echo "== metrics (outputs/metrics.json) =="; $(DVC) metrics show
@@ -50,6 +51,59 @@ compare-filters: setup ## DVC experiments: no filtering, and CLIP-score filterin
 	$(DVC) exp run -n unfiltered -S filter.enabled=false
 	$(DVC) exp run -n clip-score -S filter.enabled=true -S filter.clip_score.enabled=true
 	$(DVC) exp show --no-pager --drop '.*' --keep 'Experiment|zero_shot_top1|linear_probe_top1|filter.enabled|filter.clip_score.enabled'
+
+# The CLIP+Reg study (issue 15): one DVC experiment per variant and seed, all with the same samples seen and
+# registry.promote=false (never moving `champion`), run one at a time from DVC's queue; then outputs/study/index.html.
+# A quick check: make study STUDY_SEEDS="0 1" STUDY_WEIGHTS=0.1 STUDY_SAMPLES=2048 STUDY_SET="-S eval.probe_size=0"
+STUDY_NAME ?= study
+STUDY_SEEDS ?= 0 1 2
+STUDY_LOSSES ?= clip clip_reg cyclip siglip
+STUDY_WEIGHTS ?= 0.05 0.1 0.2 0.5 1.0
+STUDY_SAMPLES ?= 168960
+STUDY_SET ?=
+STUDY_PARTS ?= grid heldout
+STUDY_HELDOUT_CLASSES ?= [sandal,pullover]
+STUDY_HELDOUT_WEIGHTS ?= 0.1
+STUDY_HELDOUT_SET ?= -S model.text_tower=minilm -S model.lock_text=true -S train.exclude_labeled=data/fashion_mnist/train
+STUDY_JOBS ?= 1
+STUDY_DIR := outputs/study
+
+study: study-queue study-wait study-report ## the CLIP+Reg study: queue, run and report (knobs: STUDY_* above)
+
+study-heldout: ## only the study's held-out-classes runs (and the report)
+	$(MAKE) study STUDY_PARTS=heldout
+
+study-queue: setup data ## queue the study's experiments that are neither done nor queued already
+	@mkdir -p $(STUDY_DIR); git rev-parse HEAD > $(STUDY_DIR)/baseline
+	@set -f; have=" $$($(DVC) exp list --name-only --rev HEAD | tr '\n' ' ') $$($(DVC) queue status \
+		| awk '$$NF ~ /Queued|Running/ {print $$2}' | tr '\n' ' ') "; \
+	queue() { name=$(STUDY_NAME)-$$1; shift; \
+		if [[ "$$have" == *" $$name "* ]]; then echo "$$name: done or queued already"; \
+		else $(DVC) exp run --queue -n $$name -S registry.promote=false -S train.samples_seen=$(STUDY_SAMPLES) \
+			"$$@" $(STUDY_SET); fi; }; \
+	for seed in $(STUDY_SEEDS); do \
+		if [[ " $(STUDY_PARTS) " == *" grid "* ]]; then for loss in $(STUDY_LOSSES); do \
+			if [ $$loss = clip_reg ]; then for w in $(STUDY_WEIGHTS); do \
+				queue clip_reg-$$w-s$$seed -S loss.name=clip_reg -S loss.reg_weight=$$w -S train.seed=$$seed; done; \
+			else queue $$loss-s$$seed -S loss.name=$$loss -S train.seed=$$seed; fi; done; fi; \
+		if [[ " $(STUDY_PARTS) " == *" heldout "* ]]; then \
+			held="-S train.exclude_classes=$(STUDY_HELDOUT_CLASSES) $(STUDY_HELDOUT_SET) -S train.seed=$$seed"; \
+			queue heldout-clip-s$$seed -S loss.name=clip $$held; \
+			for w in $(STUDY_HELDOUT_WEIGHTS); do \
+				queue heldout-clip_reg-$$w-s$$seed -S loss.name=clip_reg -S loss.reg_weight=$$w $$held; done; fi; \
+	done
+
+study-wait: setup ## run the queue, one experiment at a time (STUDY_JOBS), and wait until it is empty
+	$(DVC) queue start -j $(STUDY_JOBS)
+	@while $(DVC) queue status | awk '$$NF ~ /Queued|Running/ {found=1} END {exit !found}'; do sleep 60; done
+	@$(DVC) queue status | awk '$$NF == "Failed" {print "failed: " $$2 " (dvc queue logs " $$2 ")"}'
+
+study-report: setup ## rebuild outputs/study/index.html from the study's finished experiments
+	@mkdir -p $(STUDY_DIR)
+	$(DVC) exp show --json --rev $$(cat $(STUDY_DIR)/baseline 2>/dev/null || git rev-parse HEAD) > $(STUDY_DIR)/experiments.json
+	uv run --frozen clip-pipeline study-report --name $(STUDY_NAME) --experiments $(STUDY_DIR)/experiments.json \
+		--output-dir $(STUDY_DIR)
+	@echo "Study report: $(CURDIR)/$(STUDY_DIR)/index.html"
 
 ui: setup ## the Dagster UI on http://127.0.0.1:3000
 	uv run --frozen dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000

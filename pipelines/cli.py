@@ -180,6 +180,14 @@ def write_dvc_yaml(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def study_report(args: argparse.Namespace) -> None:
+    """Write the CLIP+Reg study's report from its DVC experiments (`make study` saves `dvc exp show --json`)."""
+    from pipelines.study import write_study_report
+
+    page = write_study_report(args.experiments, args.name, args.output_dir)
+    print(f"wrote {page} and {page.parent / 'study.json'}")
+
+
 def dataset_args(args: argparse.Namespace) -> None:
     """Print a checked dataset file as `dvc exp run` settings (or --set lines)."""
     from pipelines.dataset_file import as_dvc_settings, as_overrides, check_dataset, read_dataset_file
@@ -273,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file the settings apply to (default: %(default)s)")
     p.add_argument("--format", choices=("dvc", "set"), default="dvc", help="dvc: `-S key=value ...` on one line; "
                    "set: one key=value per line (for --set or Dagster's `overrides`) (default: %(default)s)")
+    p = sub.add_parser("study-report", help="the CLIP+Reg study's report from its DVC experiments (make study)",
+                       description="Per variant mean ± sd over seeds, the paired difference from CLIP with its 95%% "
+                       "t interval, the geometry against the regulariser's weight and the held-out-classes runs, from "
+                       "the experiments named NAME-* in `dvc exp show --json` (saved by `make study`).")
+    p.add_argument("--experiments", default="outputs/study/experiments.json",
+                   help="`dvc exp show --json` output (default: %(default)s)")
+    p.add_argument("--name", default="study", help="the study's experiment name prefix (default: %(default)s)")
+    p.add_argument("--output-dir", default="outputs/study", help="where index.html and study.json go "
+                   "(default: %(default)s)")
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (pipelines/stages.py)")
     p.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
     for p in sub.choices.values():  # `clip-pipeline models --debug` works as well as `clip-pipeline --debug models`
@@ -322,6 +339,8 @@ def run_command(args: argparse.Namespace) -> None:
         export_eval_task(args)
     elif args.command == "dataset-args":
         dataset_args(args)
+    elif args.command == "study-report":
+        study_report(args)
     elif args.command == "dvc-yaml":
         write_dvc_yaml(args)
 
