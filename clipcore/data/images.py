@@ -54,10 +54,10 @@ def decode_image(payload: bytes, max_pixels: int, image_size: int | None = None)
     if not payload:
         raise ValueError("empty_file: 0 bytes")
     try:
-        with Image.open(io.BytesIO(payload)) as probe:
-            check_pixels(*probe.size, max_pixels, image_size)  # reads only the header: nothing decoded yet
-            probe.load()  # decodes every pixel: truncated or corrupt data fails here, not later
-            return probe.copy()
+        image = Image.open(io.BytesIO(payload))
+        check_pixels(*image.size, max_pixels, image_size)  # reads only the header: nothing decoded yet
+        image.load()  # decodes every pixel: truncated or corrupt data fails here, not later
+        return image  # no copy: the pixels are loaded, and the file is only bytes in memory
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"undecodable_image: {err}") from err
 
