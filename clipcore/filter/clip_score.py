@@ -1,12 +1,16 @@
 """CLIP scores of the kept (image, caption) pairs, from any pair of embedding functions, and a local Hugging Face CLIP.
 
-The kept rows' images are read shard by shard, each shard tar once and in order, and scored one batch at a time:
-memory follows the batch size (and one shard's uid index), never the number of kept rows."""
+`score_shards` is the filter stage's scoring job: shard after shard, the shard's kept rows are scored (its tar read
+once, in order, one batch of `batch_size` images at a time, on the GPU when the model is there), set aside on disk
+with a `clip_score` column, and counted in a histogram; the cut (a threshold, or the exact quantile for
+`top_fraction`, clipcore/filter/quantile.py) then goes over the set-aside shards. Memory follows the batch size and
+one shard, never the number of kept rows.
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -16,7 +20,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from clipcore.config import ClipScoreConfig
 from clipcore.data.shards import iter_samples
+from clipcore.filter.quantile import ScoreHistogram, exact_quantile
+from clipcore.filter.rules import REASON
 
 ImageEmbedder = Callable[[list[bytes]], np.ndarray]
 TextEmbedder = Callable[[list[str]], np.ndarray]
@@ -46,8 +53,8 @@ def score_kept(ingest_dir: str | Path, kept: pl.DataFrame, embed_images: ImageEm
                batch_size: int = 512, progress: bool = True) -> np.ndarray:
     """(N,) CLIP score of each kept row (aligned with `kept`): its stored image against its `caption`.
 
-    Batches follow the shards' order and run across shard ends, so with `kept` in shard order (as the filter's,
-    sorted by uid) they hold the same rows as `batch_size` consecutive kept rows would.
+    Batches follow the shards' order and run across shard ends, so with `kept` in shard order they hold the same
+    rows as `batch_size` consecutive kept rows would. Memory: one batch of images and one shard's uid index.
     """
     captions = kept["caption"]
     scores = np.full(kept.height, np.nan, dtype=np.float32)
@@ -71,6 +78,59 @@ def score_kept(ingest_dir: str | Path, kept: pl.DataFrame, embed_images: ImageEm
             bar.update(len(rows))
             score_batch()
     return scores
+
+
+def score_shards(ingest_dir: str | Path, shards: Iterable[tuple[Path, pl.DataFrame]],
+                 load: Callable[[], tuple[ImageEmbedder, TextEmbedder]], config: ClipScoreConfig, work: Path,
+                 progress: bool = True) -> tuple[Iterator[tuple[Path, pl.DataFrame]], float | None]:
+    """Score the kept rows (`filter_reason` null) of each shard and apply the cut: (the shards again, with
+    `clip_score` on their kept rows and `clip_score_low` given to those below the cut, the cut).
+
+    Every shard is scored before the cut is known, so each is set aside in `work` (a parquet file per shard) and
+    read back by the returned iterator. `load()` gives the embedders, on the first shard with kept rows (the cut is
+    None when no row is kept and no threshold set).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    histogram, embedders, pieces = ScoreHistogram(), None, []
+    for path, frame in tqdm(shards, desc="filter: clip score", unit="shard", disable=not progress):
+        kept = frame.filter(pl.col(REASON).is_null())
+        scores = np.full(frame.height, np.nan, dtype=np.float32)
+        if kept.height:
+            embedders = embedders or load()
+            kept_scores = score_kept(ingest_dir, kept, *embedders, config.batch_size, progress=False)
+            histogram.add(kept_scores)  # raises on a score that is not finite
+            scores[np.flatnonzero(frame[REASON].is_null().to_numpy())] = kept_scores
+        piece = work / f"{len(pieces):06d}.parquet"
+        frame.with_columns(pl.Series("clip_score", scores).fill_nan(None)).write_parquet(piece, compression="lz4")
+        pieces.append((path, piece))
+    cut = config.threshold
+    if cut is None and histogram.total:
+        def batches() -> Iterator[np.ndarray]:
+            for _, piece in pieces:
+                yield pl.read_parquet(piece, columns=["clip_score"])["clip_score"].drop_nulls().to_numpy()
+
+        cut = exact_quantile(histogram, 1 - config.top_fraction, batches)
+
+    def cut_shards() -> Iterator[tuple[Path, pl.DataFrame]]:
+        for path, piece in pieces:
+            low = pl.col(REASON).is_null() & (pl.col("clip_score") < cut) if cut is not None else pl.lit(False)
+            yield path, pl.read_parquet(piece).with_columns(pl.when(low).then(pl.lit("clip_score_low"))
+                                                            .otherwise(pl.col(REASON)).alias(REASON))
+            piece.unlink()
+
+    return cut_shards(), cut
+
+
+def clip_embedders(config: ClipScoreConfig, load_embedders: Callable[[str], tuple[ImageEmbedder, TextEmbedder]]
+                   | None = None) -> tuple[ImageEmbedder, TextEmbedder]:
+    """The embedders of `config.model`: a local Hugging Face CLIP directory, else whatever `load_embedders(uri)`
+    gives (the pipeline's MLflow loader)."""
+    if Path(config.model).is_dir():
+        return hf_clip_embedders(config.model, config.device)
+    if load_embedders is None:
+        raise ValueError(f"filter.clip_score.model={config.model!r} is not a local CLIP directory and no model "
+                         "loader was given")
+    return load_embedders(config.model)
 
 
 def hf_clip_embedders(model_dir: str | Path, device: str = "auto") -> tuple[ImageEmbedder, TextEmbedder]:

@@ -2,7 +2,10 @@
 duplicate captions and CLIP score.
 
 Rules run in order and a row is rejected by the first it fails, so per-reason counts add up to the
-rejected total and kept + rejected == input, always.
+rejected total and kept + rejected == input, always. The per-row rules (`row_reasons`) need only the row itself
+and run shard by shard; the duplicate rules (`dedupe_reasons`) look across rows and run on partitions of rows
+sharing a key (clipcore/filter/dedupe.py). `filter_manifest` applies all of them to one in-memory manifest (one
+partition); the stage (clipcore/filter/partitioned.py) applies the same functions to an ingest folder of any size.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import numpy as np
 import polars as pl
 
 from clipcore.config import ClipScoreConfig, FilterConfig
+from clipcore.filter.dedupe import near_duplicates, phash_value, split_first
 from clipcore.filter.language import detect_languages
 
 REASON = "filter_reason"
+DEDUPE_COLUMNS = ("rid", "sha256", "phash", "caption")
+"""What the duplicate rules read of a row (`rid`: an integer in uid order)."""
 
 
 def basic_reason(config: FilterConfig) -> pl.Expr:
@@ -35,75 +41,61 @@ def basic_reason(config: FilterConfig) -> pl.Expr:
     )
 
 
-def _reject(frame: pl.DataFrame, mask: pl.Series | np.ndarray, reason: str) -> pl.DataFrame:
-    """Give `reason` to rows where `mask` holds and that are not rejected yet."""
-    mask = pl.Series(np.asarray(mask, dtype=bool))
-    return frame.with_columns(pl.when(pl.col(REASON).is_null() & mask).then(pl.lit(reason))
-                              .otherwise(pl.col(REASON)).alias(REASON))
+def row_reasons(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
+    """`frame` with `filter_reason` from the rules that judge a row alone: ingest failures, basic rules, language.
+
+    Language detection runs once per distinct caption of the rows passing the basic rules; a caption lingua cannot
+    place is allowed.
+    """
+    frame = frame.with_columns(basic_reason(config).alias(REASON))
+    if not (config.enabled and config.languages):
+        return frame
+    texts = frame.filter(pl.col(REASON).is_null())["caption"].drop_nulls().unique(maintain_order=True)
+    found = pl.DataFrame({"caption": texts, "_lang": detect_languages(texts.to_list(), config.language_candidates)},
+                         schema={"caption": pl.String, "_lang": pl.String})
+    wrong = pl.col("_lang").is_not_null() & ~pl.col("_lang").is_in(list(config.languages))
+    return (frame.join(found, on="caption", how="left", maintain_order="left")
+            .with_columns(pl.when(pl.col(REASON).is_null() & wrong).then(pl.lit("language_not_allowed"))
+                          .otherwise(pl.col(REASON)).alias(REASON))
+            .drop("_lang"))
 
 
-def _repeats(frame: pl.DataFrame, column: str) -> pl.Series:
-    """True for passing rows whose `column` value already appeared on an earlier passing row."""
-    passing = frame[REASON].is_null()
-    seen: set = set()
-    out = np.zeros(frame.height, dtype=bool)
-    for i, (value, ok) in enumerate(zip(frame[column].to_list(), passing.to_list(), strict=True)):
-        if ok:
-            out[i] = value in seen
-            seen.add(value)
-    return pl.Series(out)
+def dedupe_reasons(passing: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
+    """(rid, filter_reason) of the rows of `passing` (DEDUPE_COLUMNS, every row passing the earlier rules) that the
+    duplicate rules reject, in rule order: exact image, near-duplicate image, exact caption. A duplicate is judged
+    against the earlier rows passing every earlier rule."""
+    rejects = [pl.DataFrame(schema={"rid": pl.UInt64, REASON: pl.String})]
 
+    def reject(rows: pl.DataFrame, reason: str) -> None:
+        rejects.append(rows.select("rid", pl.lit(reason).alias(REASON)))
 
-def near_duplicates(hashes: list[str | None], passing: list[bool], max_bits: int) -> np.ndarray:
-    """Rows whose 64-bit hash is within `max_bits` of an earlier kept row's (pigeonhole bucketing by bands)."""
-    bands = max_bits + 1  # two hashes within max_bits differ in at most max_bits bands: one band matches
-    width = 64 // bands
-    buckets: list[dict[int, list[int]]] = [{} for _ in range(bands)]
-    kept_values: list[int] = []
-    out = np.zeros(len(hashes), dtype=bool)
-    for i, (text, ok) in enumerate(zip(hashes, passing, strict=True)):
-        if not ok or text is None:
-            continue
-        value = int(text, 16)
-        keys = [(value >> (b * width)) & ((1 << width) - 1) for b in range(bands)]
-        candidates = {j for b, key in enumerate(keys) for j in buckets[b].get(key, ())}
-        if candidates:
-            others = np.array([kept_values[j] for j in candidates], dtype=np.uint64)
-            if (np.bitwise_count(others ^ np.uint64(value)) <= max_bits).any():
-                out[i] = True
-                continue
-        for b, key in enumerate(keys):
-            buckets[b].setdefault(key, []).append(len(kept_values))
-        kept_values.append(value)
-    return out
+    if config.enabled and config.dedupe_images:
+        passing, repeats = split_first(passing, "sha256")
+        reject(repeats, "duplicate_image")
+    if config.enabled and config.near_duplicate_bits is not None:
+        near = near_duplicates(passing.select("rid", phash_value().alias("h")), config.near_duplicate_bits)
+        reject(near, "near_duplicate_image")
+        passing = passing.join(near, on="rid", how="anti")
+    if config.enabled and config.dedupe_captions:
+        passing, repeats = split_first(passing, "caption")
+        reject(repeats, "duplicate_caption")
+    return pl.concat(rejects)
 
 
 def filter_manifest(manifest: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split an ingest manifest into (kept, rejected); `rejected` has a `filter_reason` per row.
+    """Split an ingest manifest held in memory into (kept, rejected), both sorted by uid; `rejected` has a
+    `filter_reason` per row. Duplicates keep their first row among those passing every earlier rule."""
+    frame = row_reasons(manifest.sort("uid").with_row_index("rid").with_columns(pl.col("rid").cast(pl.UInt64)),
+                        config)
+    dropped = dedupe_reasons(frame.filter(pl.col(REASON).is_null()).select(DEDUPE_COLUMNS), config)
+    frame = apply_reasons(frame, dropped).drop("rid")
+    return frame.filter(pl.col(REASON).is_null()).drop(REASON), frame.filter(pl.col(REASON).is_not_null())
 
-    Duplicates keep their first row among those passing every earlier rule.
-    """
-    frame = manifest.sort("uid").with_columns(basic_reason(config).alias(REASON))
-    if config.enabled:
-        if config.languages:
-            passing = frame[REASON].is_null()
-            captions = frame.filter(passing)["caption"].to_list()
-            languages = detect_languages(captions, config.language_candidates)
-            detected = dict(zip(np.flatnonzero(passing.to_numpy()), languages, strict=True))
-            allowed = set(config.languages)
-            wrong = [detected.get(i) not in allowed and detected.get(i) is not None for i in range(frame.height)]
-            frame = _reject(frame, wrong, "language_not_allowed")
-        if config.dedupe_images:
-            frame = _reject(frame, _repeats(frame, "sha256"), "duplicate_image")
-        if config.near_duplicate_bits is not None:
-            near = near_duplicates(frame["phash"].to_list(), frame[REASON].is_null().to_list(),
-                                   config.near_duplicate_bits)
-            frame = _reject(frame, near, "near_duplicate_image")
-        if config.dedupe_captions:
-            frame = _reject(frame, _repeats(frame, "caption"), "duplicate_caption")
-    kept = frame.filter(pl.col(REASON).is_null()).drop(REASON)
-    rejected = frame.filter(pl.col(REASON).is_not_null())
-    return kept, rejected
+
+def apply_reasons(frame: pl.DataFrame, dropped: pl.DataFrame) -> pl.DataFrame:
+    """`frame` (rid, filter_reason, ...) with the duplicate rules' reasons (rid, filter_reason) filled in."""
+    return (frame.join(dropped.rename({REASON: "_dropped"}), on="rid", how="left", maintain_order="left")
+            .with_columns(pl.coalesce(REASON, "_dropped").alias(REASON)).drop("_dropped"))
 
 
 def apply_clip_score(kept: pl.DataFrame, rejected: pl.DataFrame, scores: np.ndarray,
@@ -119,10 +111,11 @@ def apply_clip_score(kept: pl.DataFrame, rejected: pl.DataFrame, scores: np.ndar
 
 def funnel(manifest: pl.DataFrame, kept: pl.DataFrame, rejected: pl.DataFrame) -> dict:
     """Rows in, kept, rejected, and rejected per reason (ingest failures keep their ingest reason)."""
-    counts = rejected.group_by(REASON).len().sort("len", descending=True)
-    return {
-        "rows_in": manifest.height,
-        "kept": kept.height,
-        "rejected": rejected.height,
-        "rejected_by_reason": dict(zip(counts[REASON].to_list(), counts["len"].to_list(), strict=True)),
-    }
+    counts = rejected.group_by(REASON).len()
+    return funnel_counts(manifest.height, kept.height, dict(zip(counts[REASON], counts["len"], strict=True)))
+
+
+def funnel_counts(rows_in: int, kept: int, by_reason: dict[str, int]) -> dict:
+    """The funnel from counts: rejected per reason, most common first (ties by name)."""
+    ordered = dict(sorted(by_reason.items(), key=lambda item: (-item[1], item[0])))
+    return {"rows_in": rows_in, "kept": kept, "rejected": sum(ordered.values()), "rejected_by_reason": ordered}

@@ -1,5 +1,11 @@
 """The filter stage end to end: an ingest folder -> kept.parquet, rejected.parquet (one reason per row), funnel.json.
 
+Shard by shard (clipcore/filter/partitioned.py): the rows of one shard with their reasons at a time go into the
+two output files, so memory does not grow with the number of rows. With CLIP scoring on, each shard's kept rows are
+scored (its tar read once, one batch of images at a time), set aside with their `clip_score`, and counted in a
+histogram; the cut (a threshold, or the exact quantile for `top_fraction`, clipcore/filter/quantile.py) is then
+applied shard by shard.
+
 The three files are one product and are published as one: written in a private folder inside the output folder,
 then moved into place by rename, each stamped with the same pair id (a hash of their content). A run killed while
 writing leaves the previous files untouched (never a truncated kept.parquet); one killed between the renames leaves
@@ -18,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from clipcore.config import FilterConfig
-from clipcore.data.layout import read_manifest
-from clipcore.filter.rules import apply_clip_score, filter_manifest, funnel
+from clipcore.filter.partitioned import PART_ROWS, filter_shards, manifest_files, output_schema
+from clipcore.filter.rules import REASON, funnel_counts
 
 # model URI -> (embed image bytes, embed texts), each returning (N, D) arrays
 EmbeddersLoader = Callable[[str], tuple[Callable, Callable]]
@@ -35,72 +42,120 @@ WORK_PREFIX = ".writing-"  # the private folder a run writes in before publishin
 
 @dataclass(frozen=True)
 class FilterResult:
-    """What the filter stage wrote: the funnel (counts per reason) and the two frames."""
+    """What the filter stage wrote: the funnel (counts per reason) and its output folder; `kept` and `rejected` read
+    the published files when asked for (they can be larger than memory: prefer `pl.scan_parquet(result.kept_path)`)."""
 
     counts: dict
-    kept: pl.DataFrame
-    rejected: pl.DataFrame
+    out: Path
+
+    @property
+    def kept_path(self) -> Path:
+        return self.out / KEPT
+
+    @property
+    def kept(self) -> pl.DataFrame:
+        return pl.read_parquet(self.out / KEPT)
+
+    @property
+    def rejected(self) -> pl.DataFrame:
+        return pl.read_parquet(self.out / REJECTED)
 
 
 def run_filter(ingest_dir: str | Path, config: FilterConfig, out: str | Path,
-               load_embedders: EmbeddersLoader | None = None, progress: bool = True) -> FilterResult:
-    """Filter an ingest folder into out/kept.parquet, out/rejected.parquet and out/funnel.json.
+               load_embedders: EmbeddersLoader | None = None, progress: bool = True,
+               part_rows: int = PART_ROWS) -> FilterResult:
+    """Filter an ingest folder into out/kept.parquet (sorted by shard, uid), out/rejected.parquet (sorted by uid
+    within each shard: by uid when shards hold consecutive uids, as ingest writes them) and out/funnel.json.
 
     `load_embedders(model_uri)` gives the CLIP-score model's (image, text) embedding functions when
     `clip_score.model` is not a local Hugging Face CLIP directory (the pipeline passes its MLflow loader).
+    `part_rows` sets memory: rows per partition of the duplicate rules (see clipcore/filter/partitioned.py).
     """
     out = Path(out)
-    manifest = read_manifest(ingest_dir)
-    kept, rejected = filter_manifest(manifest, config)
-    clip = config.clip_score
-    extra = {}
-    if config.enabled and clip.enabled and kept.height:
-        # torch and the shard reader load only when pairs are scored
-        from clipcore.filter.clip_score import hf_clip_embedders, score_kept
-
-        if Path(clip.model).is_dir():
-            embed_images, embed_texts = hf_clip_embedders(clip.model, clip.device)
-        elif load_embedders is not None:
-            embed_images, embed_texts = load_embedders(clip.model)
-        else:
-            raise ValueError(f"filter.clip_score.model={clip.model!r} is not a local CLIP directory and no model "
-                             "loader was given")
-        scores = score_kept(ingest_dir, kept, embed_images, embed_texts, clip.batch_size, progress)
-        kept, rejected, cut = apply_clip_score(kept, rejected, scores, clip)
-        extra = {"clip_score_model": clip.model, "clip_score_cut": cut}
-    rejected = rejected.sort("uid")
-    kept = kept.sort("shard", "uid")  # one shard's rows together: readers of a shard's keys skip the other row groups
-    counts = {**funnel(manifest, kept, rejected), **extra}
-    publish_outputs(out, kept, rejected, counts)
-    return FilterResult(counts, kept, rejected)
-
-
-def pair_id(kept: pl.DataFrame, rejected: pl.DataFrame) -> str:
-    """sha256 of both frames' content (Arrow IPC, oldest layout): equal outputs get equal ids, run after run."""
-    digest = hashlib.sha256()
-    for frame in (kept, rejected):
-        ipc = frame.rechunk().write_ipc(None, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
-        digest.update(ipc.getvalue())
-    return digest.hexdigest()
-
-
-def publish_outputs(out: Path, kept: pl.DataFrame, rejected: pl.DataFrame, counts: dict) -> str:
-    """Write kept.parquet, rejected.parquet and funnel.json into a private folder in `out`, then rename them into
-    `out`; returns their pair id. Folders left by killed runs are removed first."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{WORK_PREFIX}*"):
+    for stale in out.glob(f"{WORK_PREFIX}*"):  # left by killed runs
         shutil.rmtree(stale, ignore_errors=True)
-    pair = pair_id(kept, rejected)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out))  # same filesystem as `out`: renames are atomic
     try:
-        kept.write_parquet(work / KEPT, metadata={PAIR_KEY: pair}, row_group_size=KEPT_ROW_GROUP)
-        rejected.write_parquet(work / REJECTED, metadata={PAIR_KEY: pair})
+        files = manifest_files(ingest_dir)
+        schema = output_schema(files)
+        shards = filter_shards(ingest_dir, config, work / "spill", part_rows, progress)
+        clip, extra = config.clip_score, {}
+        scoring = config.enabled and clip.enabled
+        if scoring:
+            from clipcore.filter.clip_score import clip_embedders, score_shards  # torch only when scoring
+
+            shards, cut = score_shards(ingest_dir, shards, lambda: clip_embedders(clip, load_embedders), clip,
+                                       work / "scored", progress)
+            extra = {"clip_score_model": clip.model, "clip_score_cut": cut} if cut is not None else {}
+        kept = OutputFile(work / KEPT, {**schema, **({"clip_score": pl.Float32} if scoring else {})}, KEPT_ROW_GROUP)
+        rejected = OutputFile(work / REJECTED, {**schema, REASON: pl.String,
+                                                **({"clip_score": pl.Float32} if scoring else {})})
+        by_reason: dict[str, int] = {}
+        for _, frame in shards:
+            kept.add(frame.filter(pl.col(REASON).is_null()).drop(REASON))
+            dropped = frame.filter(pl.col(REASON).is_not_null())
+            rejected.add(dropped)
+            for reason, count in dropped.group_by(REASON).len().iter_rows():
+                by_reason[reason] = by_reason.get(reason, 0) + count
+        rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if kept.rows + rejected.rows != rows_in:  # never expected: the rules give every row one outcome
+            raise RuntimeError(f"filter lost rows: {kept.rows} kept + {rejected.rows} rejected != {rows_in} in")
+        counts = {**funnel_counts(rows_in, kept.rows, by_reason), **extra}
+        pair = pair_id(kept, rejected)
+        kept.close(pair)
+        rejected.close(pair)
         (work / FUNNEL).write_text(json.dumps({**counts, "pair": pair}, indent=2))
         for name in (KEPT, REJECTED, FUNNEL):
             os.replace(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return pair
+    return FilterResult(counts, out)
+
+
+class OutputFile:
+    """A parquet file written one piece at a time in row groups of `row_group` rows, every piece cast to `schema`;
+    `digest` hashes the pieces' content (Arrow IPC) as they go by, for the pair id."""
+
+    def __init__(self, path: Path, schema: dict, row_group: int = KEPT_ROW_GROUP):
+        self.path, self.schema, self.row_group = path, schema, row_group
+        self.writer = pq.ParquetWriter(path, pl.DataFrame(schema=schema).to_arrow(compat_level=_ARROW).schema)
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = self.rows = 0
+        self.digest = hashlib.sha256()
+
+    def add(self, frame: pl.DataFrame) -> None:
+        frame = frame.select(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
+                             for c, t in self.schema.items())
+        if frame.height == 0:
+            return
+        self.digest.update(frame.write_ipc(None, compression="uncompressed", compat_level=_ARROW).getvalue())
+        self.pending.append(frame)
+        self.pending_rows += frame.height
+        self.rows += frame.height
+        if self.pending_rows >= self.row_group:
+            self._write(final=False)
+
+    def _write(self, final: bool) -> None:
+        frame = pl.concat(self.pending) if self.pending else pl.DataFrame(schema=self.schema)
+        whole = frame.height if final else frame.height - frame.height % self.row_group
+        if whole:
+            self.writer.write_table(frame.head(whole).to_arrow(compat_level=_ARROW), row_group_size=self.row_group)
+        self.pending = [frame.slice(whole)] if whole < frame.height else []
+        self.pending_rows = frame.height - whole
+
+    def close(self, pair: str) -> None:
+        self._write(final=True)
+        self.writer.add_key_value_metadata({PAIR_KEY: pair})
+        self.writer.close()
+
+
+_ARROW = pl.CompatLevel.oldest()  # large_string columns, as polars' own parquet writer stores them
+
+
+def pair_id(kept: OutputFile, rejected: OutputFile) -> str:
+    """sha256 of both files' content, piece by piece: equal outputs get equal ids, run after run."""
+    return hashlib.sha256(kept.digest.digest() + rejected.digest.digest()).hexdigest()
 
 
 def read_filtered(out: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -118,7 +173,10 @@ def read_filtered(out: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.read_parquet(out / KEPT), pl.read_parquet(out / REJECTED)
 
 
-def sample_rows(kept: pl.DataFrame, rejected: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A few kept rows and two rejected rows per reason, for metadata and reports."""
-    return (kept.select("uid", "caption", "width", "height").head(8),
-            rejected.group_by("filter_reason", maintain_order=True).head(2).select("uid", "caption", "filter_reason"))
+def sample_rows(kept: pl.DataFrame | pl.LazyFrame,
+                rejected: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A few kept rows and two rejected rows per reason, for metadata and reports (lazy frames are read no further
+    than that)."""
+    return (kept.lazy().select("uid", "caption", "width", "height").head(8).collect(),
+            rejected.lazy().select("uid", "caption", "filter_reason")
+            .group_by("filter_reason", maintain_order=True).head(2).collect())
