@@ -34,8 +34,8 @@ def make_dataset(root, count: int = 40):
 
 
 def config(root, **kw) -> IngestConfig:
-    return IngestConfig(input=str(root / "captions.csv"), url_col="path", local_paths=True, data_root=str(root),
-                        encode_format="png", shard_size=12, **kw)
+    kw = {"input": str(root / "captions.csv"), **kw}
+    return IngestConfig(url_col="path", local_paths=True, data_root=str(root), encode_format="png", shard_size=12, **kw)
 
 
 def folder_bytes(out) -> dict[str, bytes]:
@@ -67,3 +67,22 @@ def test_a_copy_of_the_project_elsewhere_gives_identical_bytes(tmp_path):
     for project in (tmp_path / "here", tmp_path / "elsewhere" / "deeper"):
         ingest(config(project / "data", processes=2, threads=4), project / "outputs", progress=False)
     assert folder_bytes(tmp_path / "here" / "outputs") == folder_bytes(tmp_path / "elsewhere" / "deeper" / "outputs")
+
+
+def test_one_list_as_a_file_a_folder_of_parquet_a_glob_or_to_an_fsspec_url_gives_identical_bytes(tmp_path):
+    """The same rows as one csv, as a folder of parquet parts (a shard spanning two of them), as a glob of csv parts,
+    or written through an fsspec `file://` URL: byte-identical shard folders."""
+    data = make_dataset(tmp_path / "data")
+    table = pl.read_csv(data / "captions.csv")
+    (data / "parts").mkdir()
+    (data / "csvs").mkdir()
+    for i, (start, stop) in enumerate([(0, 17), (17, 30), (30, 42)]):
+        table.slice(start, stop - start).write_parquet(data / "parts" / f"part-{i}.parquet")
+        table.slice(start, stop - start).write_csv(data / "csvs" / f"part-{i}.csv")
+    ingest(config(data, processes=2, threads=4), tmp_path / "from_file", progress=False)
+    expected = folder_bytes(tmp_path / "from_file")
+    for name, source in (("from_folder", data / "parts"), ("from_glob", data / "csvs" / "part-*.csv")):
+        stats = ingest(config(data, processes=1, threads=4, input=str(source)), tmp_path / name, progress=False)
+        assert stats["rows"] == 42 and folder_bytes(tmp_path / name) == expected, name
+    ingest(config(data, processes=1, threads=4), f"file://{tmp_path / 'by_url'}", progress=False)
+    assert folder_bytes(tmp_path / "by_url") == expected
