@@ -39,23 +39,25 @@ REJECTS = {"rid": pl.UInt64, "sh": pl.UInt32, REASON: pl.String}
 
 
 class Spill:
-    """Frames handed over in any number of pieces, written to `folder` split into `parts` partitions by `key` (an
-    expression hashed to a partition); `read(p)` gives partition p back whole, once."""
+    """Frames handed over in any number of pieces, written to `folder` split into `parts` partitions by `key`
+    (hashed to a partition; `hashed=False`: `key` is the partition number); `read(p)` gives partition p back whole,
+    once."""
 
-    def __init__(self, folder: Path, parts: int, key: pl.Expr, schema: dict, flush_rows: int = FLUSH_ROWS):
-        self.folder, self.parts, self.key, self.schema, self.flush_rows = folder, parts, key, schema, flush_rows
+    def __init__(self, folder: Path, parts: int, key: pl.Expr, schema: dict, hashed: bool = True):
+        self.folder, self.parts, self.schema = folder, parts, schema
+        self.part = key.hash(7) % parts if hashed else key
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = self.files = 0
 
     def add(self, frame: pl.DataFrame) -> None:
         self.pending.append(frame.select(self.schema.keys()))
         self.pending_rows += frame.height
-        if self.pending_rows >= self.flush_rows:
+        if self.pending_rows >= FLUSH_ROWS:
             self.flush()
 
     def flush(self) -> None:
         frame = pl.concat(self.pending) if self.pending else pl.DataFrame(schema=self.schema)
-        parts = frame.with_columns((self.key.hash(7) % self.parts).alias("_part"))
+        parts = frame.with_columns(self.part.alias("_part"))
         for (part,), piece in parts.partition_by("_part", as_dict=True, include_key=False).items():
             (self.folder / f"{part:05d}").mkdir(parents=True, exist_ok=True)
             piece.write_parquet(self.folder / f"{part:05d}" / f"{self.files:06d}.parquet", compression="lz4")
@@ -101,7 +103,7 @@ def filter_shards(ingest_dir: str | Path, config: FilterConfig, work: Path, part
     total, largest = int(stats["rows"].sum()), max(1, int(stats["rows"].max()))
     per_group = max(1, part_rows // largest)  # consecutive shards whose rejections are read back together
     groups = -(-len(files) // per_group)
-    rejects = Spill(work / "rejects", groups, pl.col("sh") // per_group, REJECTS)
+    rejects = Spill(work / "rejects", groups, pl.col("sh") // per_group, REJECTS, hashed=False)
     rules = DuplicateRules(config, work, max(1, math.ceil(total / part_rows)), rejects)
     (work / "rows").mkdir(parents=True)
     for sh, path in enumerate(tqdm(files, desc="filter: per-row rules", unit="shard", disable=not progress)):
@@ -145,8 +147,10 @@ class DuplicateRules:
         self.by_hash = Spill(work / "by_hash", parts, pl.coalesce("h", "rid"), ROWS) if near else None
         self.by_band = (Spill(work / "by_band", max(1, parts * (self.max_bits + 1)), pl.col("key") ^ pl.col("band"),
                               BANDS) if near else None)
-        self.near = Spill(work / "near", parts, pl.col("cp"), {"rid": pl.UInt64, "cp": pl.UInt32}) if near else None
-        self.by_caption = Spill(work / "by_caption", parts, pl.col("cp"), rows) if near or self.captions else None
+        near_rows = {"rid": pl.UInt64, "cp": pl.UInt32}
+        self.near = Spill(work / "near", parts, pl.col("cp"), near_rows, hashed=False) if near else None
+        self.by_caption = (Spill(work / "by_caption", parts, pl.col("cp"), rows, hashed=False)
+                           if near or self.captions else None)
 
     def add(self, rows: pl.DataFrame, after: str = "") -> None:
         """Hand rows (ROWS) passing every rule before `after` ('' for the per-row rules) to the next rule."""

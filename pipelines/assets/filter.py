@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from clipcore.config import flatten
-from clipcore.data.layout import read_manifest
+from clipcore.filter.partitioned import manifest_files
 from clipcore.filter.stage import run_filter, sample_rows
 from clipcore.report.render import plot_funnel
 from pipelines.assets import GROUP, StageConfig
@@ -43,7 +43,7 @@ def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipel
                                  config=flatten({"filter": cfg.filter}))
         stage.publish(value)
     counts = result.counts
-    kept_rows, rejected_rows = sample_rows(result.kept, result.rejected)
+    kept_rows, rejected_rows = sample_rows(pl.scan_parquet(value.kept), pl.scan_parquet(value.rejected))
     funnel_table = pl.DataFrame({"stage": ["rows in", "kept", *counts["rejected_by_reason"]],
                                  "rows": [counts["rows_in"], counts["kept"], *counts["rejected_by_reason"].values()]})
     return Output(value, metadata={
@@ -60,7 +60,7 @@ def filtered_captions(context: AssetExecutionContext, config: StageConfig, pipel
              description="kept + rejected == input, no row in both, every rejected row has a reason; training does "
                          "not start otherwise.")
 def filter_counts_reconcile(caption_shards: CaptionShards, filtered_captions: FilteredCaptions) -> AssetCheckResult:
-    rows_in = read_manifest(caption_shards.dir)["uid"]
+    rows_in = pl.concat([pl.read_parquet(f, columns=["uid"]) for f in manifest_files(caption_shards.dir)])["uid"]
     kept = pl.read_parquet(filtered_captions.kept, columns=["uid"])["uid"]
     rejected = pl.read_parquet(filtered_captions.rejected, columns=["uid", "filter_reason"])
     overlap = kept.is_in(rejected["uid"].implode()).sum()

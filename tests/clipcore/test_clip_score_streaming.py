@@ -1,5 +1,6 @@
 """The CLIP-score filter reads the kept rows shard by shard, each tar once, and scores them one batch at a time: the
-scores equal the whole-set reference (every image's bytes in a dict, consecutive kept rows per batch)."""
+scores equal the whole-set reference (every image's bytes in a dict, consecutive kept rows per batch), and the
+stage's cut equals numpy.quantile of every kept score."""
 
 import io
 import tarfile
@@ -148,6 +149,42 @@ def test_filter_stage_scores_with_a_local_hf_clip(tmp_path, hf_clip_dir):
     features = [x if torch.is_tensor(x) else x.pooler_output for x in (image, text)]
     want = (torch.nn.functional.normalize(features[0], dim=-1) * torch.nn.functional.normalize(features[1], dim=-1))
     np.testing.assert_allclose(scored["clip_score"].to_numpy(), want.sum(1).numpy(), atol=1e-5)
+
+
+def test_filter_stage_scores_shard_by_shard_and_cuts_at_the_exact_quantile(tmp_path, monkeypatch):
+    """run_filter with a registered-model loader: each shard's tar is read once, no batch spans two shards or holds
+    more than batch_size pairs, the cut equals numpy.quantile of every kept score, and the rows below it are
+    rejected `clip_score_low` with their score."""
+    for i in range(14):
+        (tmp_path / f"{i}.png").write_bytes(png(200 + i))
+    pl.DataFrame({"path": [f"{i}.png" for i in range(14)], "caption": [caption(i) for i in range(14)]}).write_csv(
+        tmp_path / "captions.csv")
+    ingest(IngestConfig(input=str(tmp_path / "captions.csv"), url_col="path", local_paths=True, encode_format="png",
+                        processes=1, threads=1, shard_size=5), tmp_path / "ingest", progress=False)
+    opened, batches = [], []
+    original = clip_score.iter_samples
+
+    def counting(paths, uids):
+        opened.extend(str(p) for p in paths)
+        return original(paths, uids)
+
+    def embed_images(payloads):
+        batches.append(len(payloads))
+        return image_features(payloads)
+
+    monkeypatch.setattr(clip_score, "iter_samples", counting)
+    config = FilterConfig(languages=(), clip_score=ClipScoreConfig(enabled=True, model="models:/fake@champion",
+                                                                     top_fraction=0.3, batch_size=2))
+    result = run_filter(tmp_path / "ingest", config, tmp_path / "out", lambda uri: (embed_images, text_features),
+                        progress=False)
+    assert sorted(opened) == [str(tmp_path / "ingest" / f"{s:05d}.tar") for s in range(3)]
+    assert batches == [2, 2, 1, 2, 2, 1, 2, 2]  # shards of 5, 5 and 4 pairs
+    kept, rejected = result.kept, result.rejected
+    scores = pl.concat([kept.select("clip_score"), rejected.select("clip_score")])["clip_score"].to_numpy()
+    cut = result.counts["clip_score_cut"]
+    assert cut == float(np.quantile(scores, 0.7))
+    assert kept.height == (scores >= cut).sum() == 4 and (kept["clip_score"] >= cut).all()
+    assert rejected["filter_reason"].to_list() == ["clip_score_low"] * 10 and (rejected["clip_score"] < cut).all()
 
 
 def test_hf_clip_embedders_refuse_cuda_without_a_device(hf_clip_dir):
