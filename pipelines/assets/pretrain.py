@@ -64,8 +64,14 @@ def summary_metrics(summary: dict) -> dict[str, float]:
                "data_wait_share": summary["data_wait_seconds"] / max(summary["seconds"], 1e-9),
                "flops_per_sample": summary["flops_per_sample"], "achieved_tflops": summary["achieved_tflops"],
                "peak_memory_mb": summary["peak_memory_mb"], "skipped_samples": summary.get("skipped_samples", 0),
-               **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {})}
+               **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {}),
+               **excluded_counts(summary)}
     return {TRAIN_SUMMARY + name: value for name, value in figures.items()}
+
+
+def excluded_counts(summary: dict) -> dict[str, int]:
+    """The rows train.exclude_classes dropped (clipcore.train.held_out_classes.Exclusion.summary), when it is set."""
+    return {k: v for k, v in summary.items() if k.startswith("excluded_")}
 
 
 @asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
@@ -139,7 +145,7 @@ def clip_model(context: AssetExecutionContext, config: PretrainConfig, pipeline:
         "streamed_records": summary.get("streamed_records", len(history)),
         "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
         "final_temperature": history[-1]["temperature"],
-        "checkpoint_sha256": digest, "config": MetadataValue.json(params),
+        "checkpoint_sha256": digest, "config": MetadataValue.json(params), **excluded_counts(summary),
     })
 
 
