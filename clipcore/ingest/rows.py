@@ -6,25 +6,15 @@ from __future__ import annotations
 import hashlib
 import io
 
-import numpy as np
-import scipy.fftpack
 from PIL import Image
 
 from clipcore.config import IngestConfig
 from clipcore.data.images import decode_image
 from clipcore.ingest.fetch import Fetcher, FetchError
+from clipcore.ingest.phash import perceptual_hash
 
 STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
 STATUS_PROCESS = "failed_to_process"  # an unexpected error on this row; the reason is the exception's class
-
-
-def perceptual_hash(image: Image.Image) -> str:
-    """`str(imagehash.phash(image))`, computed the same way (grayscale, LANCZOS to 32x32, 2-D DCT-II, the 8x8 lowest
-    frequencies against their median) but with the 64 bits packed by numpy: imagehash formats them one Python string
-    per bit, which cost a quarter of the hash."""
-    pixels = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS))  # (32, 32) uint8
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
-    return np.packbits(dct > np.median(dct)).tobytes().hex()  # row-major bits, the first one highest: imagehash's
 
 
 def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, int, int]:
