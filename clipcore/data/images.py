@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,13 +52,31 @@ def decode_image(payload: bytes, max_pixels: int, image_size: int | None = None)
     Raises:
         ValueError: `"<reason>: <detail>"` with reason `empty_file`, `too_many_pixels` or `undecodable_image`.
     """
+    return decode_reduced(payload, max_pixels, None, image_size)[0]
+
+
+def decode_reduced(payload: bytes, max_pixels: int, max_side: int | None,
+                   image_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """`decode_image` for an image that will be shrunk to fit `max_side` (as `Image.thumbnail` does): a JPEG at least
+    twice that large decodes at the smallest DCT scale (1/2, 1/4 or 1/8, done by libjpeg while decoding) that still
+    leaves it at least the size it will be shrunk to, on both sides (libvips' shrink-on-load; PIL's `Image.draft`).
+    Returns (image, the size in the file's header).
+
+    Other formats, smaller JPEGs and `max_side=None` decode at full size. The pixel limits apply to the header's size.
+
+    Raises:
+        ValueError: as `decode_image`.
+    """
     if not payload:
         raise ValueError("empty_file: 0 bytes")
     try:
         image = Image.open(io.BytesIO(payload))
-        check_pixels(*image.size, max_pixels, image_size)  # reads only the header: nothing decoded yet
+        size = image.size
+        check_pixels(*size, max_pixels, image_size)  # reads only the header: nothing decoded yet
+        if max_side is not None and max(size) >= 2 * max_side:
+            image.draft(None, tuple(max(1, math.ceil(side * max_side / max(size))) for side in size))
         image.load()  # decodes every pixel: truncated or corrupt data fails here, not later
-        return image  # no copy: the pixels are loaded, and the file is only bytes in memory
+        return image, size  # no copy: the pixels are loaded, and the file is only bytes in memory
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"undecodable_image: {err}") from err
 

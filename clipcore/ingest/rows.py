@@ -5,16 +5,40 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 
 from PIL import Image
 
 from clipcore.config import IngestConfig
-from clipcore.data.images import decode_image
+from clipcore.data.images import decode_reduced
 from clipcore.ingest.fetch import Fetcher, FetchError
 from clipcore.ingest.phash import perceptual_hash
 
 STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
 STATUS_PROCESS = "failed_to_process"  # an unexpected error on this row; the reason is the exception's class
+
+
+def thumbnail_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size `Image.thumbnail((max_side, max_side))` gives a `width` x `height` image (Pillow's rounding)."""
+    if width <= max_side and height <= max_side:
+        return width, height
+    aspect = width / height
+    if aspect <= 1:  # max_side / max_side >= aspect: the height is the one that fits
+        return max(min(math.floor(max_side * aspect), math.ceil(max_side * aspect),
+                       key=lambda n: abs(aspect - n / max_side)), 1), max_side
+    return max_side, max(min(math.floor(max_side / aspect), math.ceil(max_side / aspect),
+                             key=lambda n: 0 if n == 0 else abs(aspect - max_side / n)), 1)
+
+
+def shrink_reduced(image: Image.Image, original: tuple[int, int], max_side: int) -> Image.Image:
+    """An image that `decode_reduced` decoded at a DCT scale of its `original` size, resized to the thumbnail size of
+    the original, over the area of the original (the box `Image.thumbnail` resizes after its own draft); any other
+    image as it is."""
+    if image.size == original:
+        return image
+    scale = next(s for s in (2, 4, 8) if image.size == (-(-original[0] // s), -(-original[1] // s)))
+    return image.resize(thumbnail_size(*original, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0,
+                        box=(0, 0, original[0] / scale, original[1] / scale))
 
 
 def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, int, int]:
@@ -56,12 +80,12 @@ def _process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dic
         except FetchError as err:
             return {"status": STATUS_DOWNLOAD, "error": err.reason}, None
         out["sha256"] = hashlib.sha256(payload).hexdigest()
-        try:
-            image = decode_image(payload, config.max_pixels)
+        try:  # a large JPEG decodes at the DCT scale its thumbnail needs: the phash is the decoded image's
+            image, (width, height) = decode_reduced(payload, config.max_pixels, config.max_side)
         except ValueError as err:
             return {**out, "status": STATUS_DECODE, "error": str(err).split(":")[0]}, None
-        out.update(original_width=image.width, original_height=image.height, phash=perceptual_hash(image))
-        encoded, ext, width, height = encode_image(image, config)
+        out.update(original_width=width, original_height=height, phash=perceptual_hash(image))
+        encoded, ext, width, height = encode_image(shrink_reduced(image, (width, height), config.max_side), config)
         out.update(width=width, height=height, status="success", error=None)
         return out, (encoded, ext)
     return out, None

@@ -1,0 +1,89 @@
+"""One row's image work: a large JPEG decodes at the DCT scale its thumbnail needs (never smaller than it), its
+thumbnail has the size Pillow's thumbnail gives the original, and the limits and reasons stay those of full decoding."""
+
+import io
+
+import imagehash
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from clipcore.config import IngestConfig
+from clipcore.data.images import decode_image, decode_reduced
+from clipcore.ingest.rows import encode_image, process_row, shrink_reduced, thumbnail_size
+
+
+def jpeg_of(image: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def photo(width: int, height: int) -> Image.Image:
+    """The astronaut photo resized to width x height: real content for the JPEG decoder."""
+    return Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("size", [(1030, 515), (1021, 767), (640, 480), (513, 300), (511, 2000), (4000, 3000),
+                                  (2048, 9), (300, 300), (512, 512)])
+def test_large_jpegs_decode_reduced_but_never_below_their_thumbnail(size):
+    payload = jpeg_of(photo(*size))
+    image, original = decode_reduced(payload, 50_000_000, 256)
+    target = thumbnail_size(*size, 256)
+    assert original == size
+    assert image.width >= target[0] and image.height >= target[1]
+    if max(size) >= 512:  # twice the largest side: at least a 1/2 DCT scale
+        assert image.width * 2 <= size[0] + 1 and image.height * 2 <= size[1] + 1
+    else:
+        assert image.size == size
+    encoded, _, width, height = encode_image(shrink_reduced(image, original, 256), IngestConfig(max_side=256))
+    thumb = Image.open(io.BytesIO(encoded))
+    full = Image.open(io.BytesIO(payload))
+    full.thumbnail((256, 256), Image.Resampling.LANCZOS)
+    assert thumb.size == (width, height) == full.size == target  # Pillow's own size for the original
+    # the same picture: close to Pillow's thumbnail of the same file (after a JPEG round trip)
+    assert np.abs(np.asarray(thumb, dtype=int) - np.asarray(full, dtype=int)).mean() < 4
+
+
+def test_other_formats_and_no_max_side_decode_at_full_size():
+    png = io.BytesIO()
+    photo(1024, 768).save(png, format="PNG")
+    assert decode_reduced(png.getvalue(), 50_000_000, 256)[0].size == (1024, 768)
+    payload = jpeg_of(photo(1024, 768))
+    assert decode_reduced(payload, 50_000_000, None)[0].size == (1024, 768)
+    assert decode_image(payload, 50_000_000).size == (1024, 768)
+
+
+def test_limits_and_reasons_are_those_of_full_decoding():
+    payload = jpeg_of(photo(2000, 1500))
+    with pytest.raises(ValueError, match="^too_many_pixels"):  # the header's size counts, not the reduced one
+        decode_reduced(payload, 1_000_000, 256)
+    with pytest.raises(ValueError, match="^undecodable_image"):
+        decode_reduced(payload[: len(payload) // 2], 50_000_000, 256)
+    with pytest.raises(ValueError, match="^empty_file"):
+        decode_reduced(b"", 50_000_000, 256)
+
+
+class OneImage:
+    """A fetcher that returns the same bytes for every URL."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+
+    def fetch(self, url: str) -> bytes:
+        return self.payload
+
+
+def test_a_large_jpeg_row_records_the_original_size_and_the_decoded_images_phash():
+    payload = jpeg_of(photo(1200, 800))
+    config = IngestConfig(max_side=256, encode_format="jpg")
+    fields, (encoded, ext) = process_row({"url": "http://x/a.jpg", "source_error": None}, OneImage(payload), config)
+    decoded, _ = decode_reduced(payload, config.max_pixels, 256)
+    assert (fields["original_width"], fields["original_height"]) == (1200, 800)
+    assert (fields["width"], fields["height"]) == (256, 171) == Image.open(io.BytesIO(encoded)).size
+    assert fields["phash"] == str(imagehash.phash(decoded))
+    full = Image.open(io.BytesIO(payload))
+    distance = imagehash.hex_to_hash(fields["phash"]) - imagehash.phash(full)
+    assert distance <= 4  # the hash of the picture at another scale: a near duplicate by any threshold in use
+    assert encode_image(shrink_reduced(decoded, (1200, 800), 256), config)[0] == encoded  # deterministic
