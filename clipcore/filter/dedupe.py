@@ -12,10 +12,13 @@ A ~ B ~ C (A, B within `max_bits`, B, C too, A and C not) the sequential rule ke
 
 Finding the pairs is banded locality-sensitive hashing: split the hash's bits into `max_bits + 1` bands; two hashes
 within `max_bits` bits differ in at most `max_bits` bands, so they agree on at least one (pigeonhole). Rows are
-self-joined on (band, band value) and the candidate pairs' Hamming distances computed vectorised. A bucket (rows
-sharing one band value) larger than `BUCKET_ROWS` is split again by banding the bits its rows do not yet share,
-so the join stays near-linear when a band value is common (many rows, few band values); identical hashes are
-collapsed before (the later rows are near duplicates of the first, distance 0), so blank images make no bucket.
+grouped by (band, band value) (a sort, numpy) and every pair within a bucket has its Hamming distance computed
+vectorised (`bitwise_count` of the xor). A bucket larger than `BUCKET_ROWS` (a common band value: many rows, few
+band values) is banded again on the bits its rows do not share yet, so the work stays near-linear in the rows;
+identical hashes are collapsed first (the later rows are near duplicates of the first, distance 0), so blank images
+make no bucket, and a bucket that banding does not split (a cluster of similar hashes) is compared block by block.
+The cost grows with `max_bits` (about (max_bits + 1)^2 placements per hash once buckets are re-banded): 2-6 bits
+are practical, 10 is not.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import polars as pl
 
 FULL = (1 << 64) - 1
 BUCKET_ROWS = 16
-"""Buckets up to this size are resolved by a self-join (pairs ~ size^2); larger ones are banded again."""
+"""Buckets up to this size are compared pair by pair (size^2 / 2 distances); larger ones are banded again."""
 MAX_DEPTH = 4
 """Banding levels before an oversized bucket (hashes that stay together: a cluster of near-identical images) is
 compared pairwise, block by block."""

@@ -4,7 +4,7 @@ partitions spilled to disk, then each shard's rows with their reasons, one shard
 1. Each shard manifest (`NNNNN.parquet`) is scanned on its own: the per-row rules (ingest failures, basic rules,
    language) give its rows their reasons; the shard is set aside (uid order, with `rid`), and the rows that pass
    go on as a narrow frame (rid, shard, sha256, phash, caption).
-2. Each duplicate rule hashes the rows passing so far by its key into P partitions (parquet files under the work
+2. Each duplicate rule hashes the rows passing so far by its key into P partitions (Arrow IPC files under the work
    folder, P = rows / `part_rows`). Rows sharing a key share a partition, so every partition is resolved alone
    (clipcore/filter/dedupe.py): exact image by sha256, then identical perceptual hashes, near duplicates by
    (band, band value), exact caption. Survivors are hashed again by the next rule's key.
@@ -30,7 +30,7 @@ from clipcore.config import FilterConfig
 from clipcore.filter.dedupe import band_rows, near_duplicate_rids, phash_value, split_first
 from clipcore.filter.rules import REASON, apply_reasons, row_reasons
 
-PART_ROWS = 2_000_000
+PART_ROWS = 1_000_000
 """Rows per partition of a duplicate rule (and per group of shards when reasons go back): the memory knob."""
 FLUSH_ROWS = 500_000  # rows a spill buffers before writing them out, split into its partitions
 ROWS = {"rid": pl.UInt64, "sh": pl.UInt32, "sha256": pl.String, "h": pl.UInt64, "caption": pl.String}
@@ -60,15 +60,15 @@ class Spill:
         parts = frame.with_columns(self.part.alias("_part"))
         for (part,), piece in parts.partition_by("_part", as_dict=True, include_key=False).items():
             (self.folder / f"{part:05d}").mkdir(parents=True, exist_ok=True)
-            piece.write_parquet(self.folder / f"{part:05d}" / f"{self.files:06d}.parquet", compression="lz4")
+            piece.write_ipc(self.folder / f"{part:05d}" / f"{self.files:06d}.arrow")  # the cheapest to write and read
         self.files += 1
         self.pending, self.pending_rows = [], 0
 
     def read(self, part: int) -> pl.DataFrame:
         self.flush() if self.pending else None
         folder = self.folder / f"{part:05d}"
-        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-        frame = pl.read_parquet(files) if files else pl.DataFrame(schema=self.schema)
+        files = sorted(folder.glob("*.arrow")) if folder.is_dir() else []
+        frame = pl.concat([pl.read_ipc(f) for f in files]) if files else pl.DataFrame(schema=self.schema)
         shutil.rmtree(folder, ignore_errors=True)  # each partition is read once: free the disk as we go
         return frame
 
@@ -105,23 +105,32 @@ def filter_shards(ingest_dir: str | Path, config: FilterConfig, work: Path, part
     groups = -(-len(files) // per_group)
     rejects = Spill(work / "rejects", groups, pl.col("sh") // per_group, REJECTS, hashed=False)
     rules = DuplicateRules(config, work, max(1, math.ceil(total / part_rows)), rejects)
-    (work / "rows").mkdir(parents=True)
+    (work / "reasons").mkdir(parents=True)
     for sh, path in enumerate(tqdm(files, desc="filter: per-row rules", unit="shard", disable=not progress)):
-        frame = pl.scan_parquet(path).sort("uid", maintain_order=True).with_row_index("rid").collect()
-        rid = (pl.lit(sh << 32, pl.UInt64) + pl.col("rid").cast(pl.UInt64)) if ranks is None else pl.col("_rank")
-        frame = frame.join(ranks, on="uid", how="left", maintain_order="left") if ranks is not None else frame
-        frame = row_reasons(frame.with_columns(rid.alias("rid")).drop("_rank", strict=False), config)
-        frame.write_parquet(work / "rows" / f"{sh:05d}.parquet", compression="lz4")
+        frame = row_reasons(read_shard(path, sh, ranks), config)
+        frame.select(REASON).write_parquet(work / "reasons" / f"{sh:05d}.parquet", compression="lz4")
         rules.add(frame.filter(pl.col(REASON).is_null()).select("rid", pl.lit(sh, pl.UInt32).alias("sh"), "sha256",
                                                                phash_value().alias("h"), "caption"))
     rules.run()
     for group in range(groups):
         rejected = rejects.read(group)
         for sh in range(group * per_group, min((group + 1) * per_group, len(files))):
-            frame = pl.read_parquet(work / "rows" / f"{sh:05d}.parquet")
+            reasons = work / "reasons" / f"{sh:05d}.parquet"
+            frame = read_shard(files[sh], sh, ranks).hstack(pl.read_parquet(reasons))  # the same order: a stable sort
             dropped = rejected.filter(pl.col("sh") == sh).select("rid", REASON)
             yield files[sh], apply_reasons(frame, dropped).drop("rid")
-            (work / "rows" / f"{sh:05d}.parquet").unlink()
+            reasons.unlink()
+
+
+def read_shard(path: Path, sh: int, ranks: pl.DataFrame | None) -> pl.DataFrame:
+    """Shard `sh`'s manifest sorted by uid (stable: the same order every time) with `rid`: (sh << 32) + position, or
+    the uid's rank in `ranks` when shards interleave."""
+    frame = pl.scan_parquet(path).sort("uid", maintain_order=True)
+    if ranks is None:
+        rid = pl.lit(sh << 32, pl.UInt64) + pl.int_range(pl.len(), dtype=pl.UInt64)
+        return frame.select(rid.alias("rid"), pl.all()).collect()
+    return frame.join(ranks.lazy(), on="uid", how="left", maintain_order="left").select(
+        pl.col("_rank").alias("rid"), pl.exclude("_rank")).collect()
 
 
 def uid_ranks(files: list[Path]) -> pl.DataFrame:
