@@ -130,13 +130,33 @@ def geometry_plot(result: StudyResult, held_out: tuple[str, ...] = ()) -> str:
     return _figure_to_data_uri(fig)
 
 
+def claim_sentence(result: StudyResult, metric: str = EVAL_AVERAGE) -> str:
+    """Whether the paper's claim (CLIP+Reg above CLIP) held here on `metric`, weight by weight, from the intervals."""
+    verdicts = {v: result.differences[v][metric] for v in result.variants
+                if v.loss == "clip_reg" and not v.held_out and metric in result.differences.get(v, {})}
+    if not verdicts:
+        return f"No CLIP+Reg run has a CLIP run of the same seed to compare {metric} with."
+    listed = "; ".join(f"λ={v.reg_weight:g}: {d.text()}, {d.verdict}" for v, d in verdicts.items())
+    better = [f"{v.reg_weight:g}" for v, d in verdicts.items() if d.verdict == "better"]
+    worse = [f"{v.reg_weight:g}" for v, d in verdicts.items() if d.verdict == "worse"]
+    if all(d.verdict == "too few seeds for an interval" for d in verdicts.values()):
+        held = "cannot be judged: every weight has fewer than two seeds paired with CLIP"
+    elif better:
+        held = f"holds here for λ = {', '.join(better)} (95% interval above 0)"
+    else:
+        held = "does not hold here for any weight (no 95% interval above 0)"
+    return (f"CLIP+Reg minus CLIP on {metric}, paired by seed: {listed}. The paper's claim that CLIP+Reg beats CLIP "
+            f"{held}" + (f"; it is worse for λ = {', '.join(worse)}." if worse else "."))
+
+
 def render_study(result: StudyResult, notes: list[str]) -> str:
     """The study page: `notes` (what ran, the budget, missing or failed runs) first, then every section."""
     grid = [v for v in result.variants if not v.held_out]
     held = [v for v in result.variants if v.held_out]
     main = [k for k in result.metrics if k not in HELD_OUT_CLASSES]
     paired = [v for v in grid if v != v.baseline]
-    parts = ["<h1>CLIP+Reg study</h1>", "".join(f"<p>{_esc(n)}</p>" for n in notes)]
+    parts = ["<h1>CLIP+Reg study</h1>", "".join(f"<p>{_esc(n)}</p>" for n in notes),
+             f"<p><b>{_esc(claim_sentence(result))}</b></p>"]
     if grid:
         parts += ["<h2>Per variant</h2>", "<p>Mean ± sample standard deviation over seeds of the evaluation suite's "
                   "average (eval_average), each task's main metric, the test set's zero-shot top-1 and linear probe."
