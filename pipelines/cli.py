@@ -39,6 +39,8 @@ INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's name
     "timeout": ("timeout", float, "seconds per connect and per read"),
     "total_timeout": ("total_timeout", float, "seconds one image may take in all (retries, redirects, body)"),
     "retries": ("retries", int, "retries with backoff on 5xx, timeouts and reset connections (never on 4xx)"),
+    "distributor": ("distributor", str, "local (a process pool, the default) or ray (the same shards as Ray tasks)"),
+    "ray_address": ("ray_address", str, "the Ray cluster for --distributor ray (`ray start --head` prints it; auto)"),
 }
 
 

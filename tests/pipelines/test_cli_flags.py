@@ -36,6 +36,7 @@ FLAGS = {
                          "--image-format"},
     "dvc-yaml": {"--output"},
     "dataset-args": {"--params", "--format"},  # tests/pipelines/test_dataset_file.py
+    "study-report": {"--experiments", "--name", "--output-dir"},  # tests/pipelines/test_study.py
 }
 
 
@@ -51,7 +52,8 @@ def test_every_flag_is_known():
 @pytest.mark.parametrize(("flag", "value"), [
     ("url_list", "somewhere/urls.parquet"), ("input_format", "parquet"), ("url_col", "link"),
     ("caption_col", "text"), ("shard_size", "7"), ("processes", "3"), ("threads", "5"), ("max_side", "64"),
-    ("timeout", "2.5"), ("total_timeout", "9.5"), ("retries", "4")])
+    ("timeout", "2.5"), ("total_timeout", "9.5"), ("retries", "4"), ("distributor", "ray"),
+    ("ray_address", "10.0.0.5:6379")])
 def test_each_ingest_flag_becomes_its_param(flag, value):
     """The flags become `ingest.<field>=` overrides, which both modes apply (checked as params are)."""
     args = build_parser().parse_args(["ingest", f"--{flag.replace('_', '-')}", value])
