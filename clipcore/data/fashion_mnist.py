@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import shutil
 import struct
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clipcore.config import DataConfig
+from clipcore.data.layout import replace_file
 
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
@@ -171,7 +171,7 @@ def build_caption_dataset(config: DataConfig, progress: bool = True) -> dict[str
     for split, names in (("test", FILES[2:]), ("train", FILES[:2])):
         (root / split).mkdir(parents=True, exist_ok=True)
         for name in names:
-            shutil.copyfile(raw / name, root / split / name)
+            replace_file(root / split / name, (raw / name).read_bytes())
     test = root / "test"
     plan = plan_captions(labels, config)
     rng = np.random.default_rng(config.seed + 1)
@@ -184,9 +184,9 @@ def build_caption_dataset(config: DataConfig, progress: bool = True) -> dict[str
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_bytes() != payload:
-            path.write_bytes(payload)
+            replace_file(path, payload)
         paths.append(rel)
-    pl.DataFrame({"path": paths, "caption": plan.caption}).write_csv(root / "captions.csv")
+    replace_file(root / "captions.csv", pl.DataFrame({"path": paths, "caption": plan.caption}).write_csv().encode())
     counts = {"rows": len(paths), "test_images": len(read_idx(test / FILES[3]))}
     for tag in plan.noise:
         if tag:

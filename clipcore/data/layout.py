@@ -1,5 +1,5 @@
 """The layout of an ingest folder, in one place: shard names (`00042.tar` + `00042.parquet`, Dagster partition key
-`00042`), how many shards a table needs, and reading the manifests back."""
+`00042`), how many shards a table needs, reading the manifests back, and replacing a file by rename."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def read_manifest(output_dir: str | Path) -> pl.DataFrame:
 def shard_paths(root: str | Path, rows: pl.DataFrame) -> list[str]:
     """The tar files (under `root`) holding `rows`, from their `shard` column, sorted."""
     return sorted({str(Path(root) / s) for s in rows["shard"].to_list()})
+
+
+def replace_file(path: Path, payload: bytes) -> None:
+    """Write `path` as a new file renamed into place, never in place: with DVC's hardlink cache (.dvc/config) a
+    tracked file is a read-only link to the cache, which an in-place write would refuse (or, unprotected, corrupt)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(payload)
+    tmp.replace(path)

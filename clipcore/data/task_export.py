@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from clipcore.data.labeled_sets import LabeledSet
+from clipcore.data.layout import replace_file
 from clipcore.data.task_shards import (
     CLASS_NAMES_FILE,
     RETRIEVAL,
@@ -88,8 +89,8 @@ def write_classification_task(out: str | Path, labeled: LabeledSet, templates: l
                 yield {image_format: encode_image(image, image_format), "cls": str(label).encode()}
 
     count = _write_shards(out / split, samples(), shard_size)
-    (out / CLASS_NAMES_FILE).write_text("".join(f"{name}\n" for name in labeled.class_names))
-    (out / TEMPLATES_FILE).write_text("".join(t.replace("{}", "{c}") + "\n" for t in templates))
+    replace_file(out / CLASS_NAMES_FILE, "".join(f"{name}\n" for name in labeled.class_names).encode())
+    replace_file(out / TEMPLATES_FILE, "".join(t.replace("{}", "{c}") + "\n" for t in templates).encode())
     (out / TYPE_FILE).unlink(missing_ok=True)  # no dataset_type.txt: classification, as CLIP_benchmark writes it
     return count
 
