@@ -4,9 +4,10 @@ imagehash's phash: the image in gray (PIL's `convert("L")`), resized to 32x32 by
 (scipy.fftpack), the 8x8 lowest frequencies compared with their median, the 64 bits as 16 hex digits. Most of its time
 is the resize: PIL filters every row of the full image. Here the resize is the same fixed-point arithmetic as Pillow's
 8-bit resampler (libImaging/Resample.c: each output pixel a sum of input pixels times coefficients rounded to 22
-bits, the horizontal pass first, each pass rounded and clipped to 0..255) written as two sparse int32 matrix products,
-which are exact: the same pixels, so the same DCT and the same hash. Pillow 13 may run the vertical pass first when
-an image is taller than wide; those images are resized by PIL itself.
+bits, each pass rounded and clipped to 0..255) written as two sparse int32 matrix products, which are exact: the
+same pixels, so the same DCT and the same hash. Which pass Pillow runs first depends on its version and the shape
+(Pillow 13 runs the vertical one first for some tall images), so for each shape it is found once by resizing a random
+image both ways and with PIL; a shape neither way reproduces (none known) is resized by PIL itself.
 """
 
 from __future__ import annotations
@@ -21,20 +22,40 @@ from PIL import Image
 
 SIDE = 32  # imagehash: hash_size 8 x highfreq_factor 4
 PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2
+PROBE_PIXELS = 4_000_000  # shapes larger than this are resized by PIL: a probe would cost as much as it saves
 
 
 def perceptual_hash(image: Image.Image) -> str:
     """`str(imagehash.phash(image))`: 16 hex digits."""
     gray = image.convert("L")
-    if gray.width >= gray.height:
-        pixels = resize_gray(np.asarray(gray.transpose(Image.Transpose.TRANSPOSE)))  # (32, 32) uint8
+    order = pass_order(gray.width, gray.height)
+    if order == "horizontal":
+        pixels = resize_horizontal_first(np.asarray(gray.transpose(Image.Transpose.TRANSPOSE)))  # (32, 32) uint8
+    elif order == "vertical":
+        pixels = resize_vertical_first(np.asarray(gray))
     else:
         pixels = np.asarray(gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS))
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
     return np.packbits(dct > np.median(dct)).tobytes().hex()  # row-major bits, the first one highest: imagehash's
 
 
-def resize_gray(columns: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=4096)
+def pass_order(width: int, height: int) -> str:
+    """`horizontal` or `vertical`: the pass that PIL's LANCZOS resize of a `width` x `height` gray image to 32x32
+    runs first, found by reproducing PIL's result on a random image of that shape; `pil` when neither order does
+    (or the shape is too large to probe)."""
+    if width * height > PROBE_PIXELS:
+        return "pil"
+    gray = np.random.default_rng(width * 100_003 + height).integers(0, 256, (height, width), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(gray).resize((SIDE, SIDE), Image.Resampling.LANCZOS))
+    vertical = np.array_equal(resize_vertical_first(gray), expected)
+    horizontal = np.array_equal(resize_horizontal_first(np.ascontiguousarray(gray.T)), expected)
+    if vertical:  # both when one pass is all there is: the vertical-first way needs no transpose
+        return "vertical"
+    return "horizontal" if horizontal else "pil"
+
+
+def resize_horizontal_first(columns: np.ndarray) -> np.ndarray:
     """PIL's `resize((32, 32), LANCZOS)` of a gray image given as its transpose `columns` (W, H) uint8, horizontal
     pass first; returns (32, 32) uint8 in the image's own orientation."""
     width, height = columns.shape
@@ -45,6 +66,18 @@ def resize_gray(columns: np.ndarray) -> np.ndarray:
     if height != SIDE:
         pixels = _round(lanczos_weights(height) @ pixels)  # (32, 32): the vertical pass
     return pixels.astype(np.uint8)
+
+
+def resize_vertical_first(pixels: np.ndarray) -> np.ndarray:
+    """As `resize_horizontal_first`, the vertical pass first, of a gray image `pixels` (H, W) uint8."""
+    height, width = pixels.shape
+    rows = pixels.astype(np.int32)
+    if height != SIDE:
+        rows = _round(lanczos_weights(height) @ rows)  # (32, W): the vertical pass
+    columns = np.ascontiguousarray(rows.T)  # (W, 32)
+    if width != SIDE:
+        columns = _round(lanczos_weights(width) @ columns)  # (32 x, 32 y): the horizontal pass, transposed
+    return np.ascontiguousarray(columns.T).astype(np.uint8)
 
 
 def _round(sums: np.ndarray) -> np.ndarray:

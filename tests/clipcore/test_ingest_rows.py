@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipcore.config import IngestConfig
 from clipcore.data.images import decode_image, decode_reduced
-from clipcore.ingest.rows import encode_image, process_row, shrink_reduced, thumbnail_size
+from clipcore.ingest.rows import encode_image, process_row, thumbnail, thumbnail_size
 
 
 def jpeg_of(image: Image.Image, quality: int = 90) -> bytes:
@@ -37,7 +37,7 @@ def test_large_jpegs_decode_reduced_but_never_below_their_thumbnail(size):
         assert image.width * 2 <= size[0] + 1 and image.height * 2 <= size[1] + 1
     else:
         assert image.size == size
-    encoded, _, width, height = encode_image(shrink_reduced(image, original, 256), IngestConfig(max_side=256))
+    encoded, _, width, height = encode_image(thumbnail(image, original, 256), IngestConfig(max_side=256))
     thumb = Image.open(io.BytesIO(encoded))
     full = Image.open(io.BytesIO(payload))
     full.thumbnail((256, 256), Image.Resampling.LANCZOS)
@@ -75,15 +75,15 @@ class OneImage:
         return self.payload
 
 
-def test_a_large_jpeg_row_records_the_original_size_and_the_decoded_images_phash():
+def test_a_large_jpeg_row_records_the_original_size_and_its_thumbnails_phash():
     payload = jpeg_of(photo(1200, 800))
     config = IngestConfig(max_side=256, encode_format="jpg")
     fields, (encoded, ext) = process_row({"url": "http://x/a.jpg", "source_error": None}, OneImage(payload), config)
     decoded, _ = decode_reduced(payload, config.max_pixels, 256)
+    thumb = thumbnail(decoded, (1200, 800), 256)
     assert (fields["original_width"], fields["original_height"]) == (1200, 800)
-    assert (fields["width"], fields["height"]) == (256, 171) == Image.open(io.BytesIO(encoded)).size
-    assert fields["phash"] == str(imagehash.phash(decoded))
-    full = Image.open(io.BytesIO(payload))
-    distance = imagehash.hex_to_hash(fields["phash"]) - imagehash.phash(full)
-    assert distance <= 4  # the hash of the picture at another scale: a near duplicate by any threshold in use
-    assert encode_image(shrink_reduced(decoded, (1200, 800), 256), config)[0] == encoded  # deterministic
+    assert (fields["width"], fields["height"]) == (256, 171) == Image.open(io.BytesIO(encoded)).size == thumb.size
+    assert fields["phash"] == str(imagehash.phash(thumb))
+    distance = imagehash.hex_to_hash(fields["phash"]) - imagehash.phash(Image.open(io.BytesIO(payload)))
+    assert distance <= 4  # the full-size picture's hash within a few bits: a near duplicate by any threshold in use
+    assert encode_image(thumb, config)[0] == encoded  # deterministic
