@@ -55,8 +55,9 @@ def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, 
         image.save(buf, format="PNG")
         ext = "png"
     elif config.encode_format == "jpg":
-        image.convert("L" if image.mode in ("L", "LA", "1") else "RGB").save(buf, format="JPEG",
-                                                                              quality=config.jpeg_quality)
+        mode = "L" if image.mode in ("L", "LA", "1") else "RGB"
+        # no copy when the mode is already right: convert() to the same mode would copy every pixel
+        (image if image.mode == mode else image.convert(mode)).save(buf, format="JPEG", quality=config.jpeg_quality)
         ext = "jpg"
     else:
         raise ValueError(f"ingest.encode_format must be jpg or png, not {config.encode_format!r}")
