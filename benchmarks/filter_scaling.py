@@ -131,12 +131,16 @@ def make_dataset(folder: Path, rows: int, shard_rows: int, near_bits: int, seed:
         frame.write_parquet(folder / f"{index:05d}.parquet")
 
 
-def measure(src: Path, ingest: Path, languages: bool, near_bits: int) -> dict:
-    """Filter `ingest` in a fresh process running the code in `src`."""
+def measure(src: Path, ingest: Path, languages: bool, near_bits: int, timeout: float | None = None) -> dict | None:
+    """Filter `ingest` in a fresh process running the code in `src`; None when it ran past `timeout` seconds (the
+    process is killed)."""
     with tempfile.TemporaryDirectory(dir=ingest.parent) as out:
         env = {**os.environ, "PYTHONPATH": str(src)}
-        done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, str(ingest), out, str(int(languages)),
-                               str(near_bits)], env=env, cwd=src, capture_output=True, text=True)
+        try:
+            done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, str(ingest), out, str(int(languages)),
+                                   str(near_bits)], env=env, cwd=src, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
         if done.returncode:
             raise RuntimeError(f"{src} failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -152,6 +156,8 @@ def main() -> None:
     parser.add_argument("--near-bits", type=int, default=4, help="filter.near_duplicate_bits")
     parser.add_argument("--before", type=Path, help="another checkout of the project to measure beside this one")
     parser.add_argument("--before-sizes", type=int, nargs="*", default=[1_000_000])
+    parser.add_argument("--before-timeout", type=float, default=1200, help="seconds before a run of --before is "
+                        "stopped (its near-duplicate rule is quadratic)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="where the folders go")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
@@ -165,7 +171,12 @@ def main() -> None:
             runs = [("this", here, False)] + ([("this", here, True)] if i == 0 else [])
             runs += [("before", args.before.resolve(), False)] if args.before and rows in args.before_sizes else []
             for name, src, languages in runs:
-                r = measure(src, Path(tmp) / "ingest", languages, args.near_bits)
+                timeout = args.before_timeout if name == "before" else None
+                r = measure(src, Path(tmp) / "ingest", languages, args.near_bits, timeout)
+                if r is None:
+                    print(f"{name:<7} {rows:>10} {'on' if languages else 'off':>8}  stopped after {timeout:.0f} s",
+                          flush=True)
+                    continue
                 print(f"{name:<7} {rows:>10} {'on' if languages else 'off':>8} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} "
                       f"{1e6 * r['wall_s'] / rows:>7.2f} {1e6 * r['cpu_s'] / rows:>10.2f} {r['peak_mib']:>9.0f} "
                       f"{r['kept']:>10}", flush=True)
