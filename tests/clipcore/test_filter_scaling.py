@@ -213,3 +213,21 @@ def test_streaming_quantile_equals_numpy():
 def test_streaming_quantile_refuses_nan():
     with pytest.raises(ValueError, match="not finite"):
         ScoreHistogram().add(np.array([0.1, np.nan], dtype=np.float32))
+
+
+def test_partitions_hold_about_part_rows(tmp_path, monkeypatch):
+    """No spilled partition read back holds much more than `part_rows` rows: memory follows it, not the input."""
+    import clipcore.filter.partitioned as partitioned
+
+    sizes, read = [], partitioned.Spill.read
+
+    def recording(self, part):
+        frame = read(self, part)
+        sizes.append(frame.height)
+        return frame
+
+    monkeypatch.setattr(partitioned.Spill, "read", recording)
+    manifest = random_manifest(np.random.default_rng(5), 6000, 3)
+    write_shards(manifest, tmp_path / "ingest", 250)
+    run_filter(tmp_path / "ingest", CONFIGS[0], tmp_path / "out", progress=False, part_rows=600)
+    assert len(sizes) > 40 and 300 < max(sizes) < 1.5 * 600
