@@ -1,20 +1,29 @@
-"""Ingestion throughput: our `clip-pipeline ingest` vs img2dataset, same URL list, same loopback server, one run.
+"""Ingestion throughput: our `clip-pipeline ingest` vs img2dataset, same URL list, same loopback server.
 
-Serves N distinct 256-px JPEGs (Fashion-MNIST images upscaled) from nginx on 127.0.0.1, writes one URL list,
-then times both tools end to end (process start to exit) with the same processes/threads and resizing. img2dataset
-is installed only here, in its own virtual environment (`benchmarks/.venv-img2dataset`).
+Serves N distinct JPEGs (Fashion-MNIST images upscaled: 256x256 by default, `--sides 640-1024` for web-sized
+photos of random sides in that range with a color tint and noise) from nginx on 127.0.0.1, writes one URL list,
+then times both tools end to end (process start to exit) with the same processes/threads and resizing (largest side
+to `--max-side`, never upscaled; JPEG quality 95 for both). The two tools run alternately, `--repeats` times each
+(the order flips every repeat), so that load from anything else on the machine falls on both; medians are compared.
+CPU time (user + sys) of each tool's process tree is recorded too. img2dataset is installed only here, in its own
+virtual environment (`benchmarks/.venv-img2dataset`).
 
     uv run python benchmarks/ingest_vs_img2dataset.py --rows 20000
+    uv run python benchmarks/ingest_vs_img2dataset.py --rows 5000 --sides 640-1024
 
-Prints images/s for each and the ratio, and writes benchmarks/results/ingest_vs_img2dataset.json.
+Prints images/s for each and the ratio of the medians, and writes the list's entry (keyed by its sides) in
+benchmarks/results/ingest_vs_img2dataset.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -36,18 +45,32 @@ http {{ access_log off; sendfile on; keepalive_requests 100000;
 """
 
 
-def make_images(work: Path, rows: int, source: Path) -> None:
-    """`rows` distinct 256x256 JPEGs under work/www/img/."""
-    out = work / "www" / "img"
+def parse_sides(sides: str) -> tuple[int, int]:
+    low, _, high = sides.partition("-")
+    return int(low), int(high or low)
+
+
+def make_images(out: Path, rows: int, source: Path, sides: tuple[int, int]) -> None:
+    """`rows` distinct JPEGs `0.jpg`.. under `out`: sides x sides gray ones for a single size, else random sides in
+    the range (each side drawn alone), a color tint and mild noise, so they compress about as web photos do."""
     if out.exists() and len(list(out.iterdir())) >= rows:
         return
     out.mkdir(parents=True, exist_ok=True)
     images = np.concatenate([read_idx(source / "train-images-idx3-ubyte.gz"),
                              read_idx(source / "t10k-images-idx3-ubyte.gz")])
+    rng = np.random.default_rng(0)
     for i in range(rows):
-        image = Image.fromarray(255 - images[i % len(images)]).resize((256, 256), Image.Resampling.BICUBIC)
+        image = Image.fromarray(255 - images[i % len(images)])
+        if sides[0] == sides[1]:
+            image = image.resize((sides[0], sides[0]), Image.Resampling.BICUBIC).convert("RGB")
+        else:
+            size = tuple(int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
+            gray = np.asarray(image.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)[..., None]
+            tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
+            noisy = gray * tint + rng.normal(0, 6, (size[1], size[0], 3)).astype(np.float32)
+            image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
         buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="JPEG", quality=90)
+        image.save(buf, format="JPEG", quality=90)
         (out / f"{i}.jpg").write_bytes(buf.getvalue())
 
 
@@ -57,11 +80,12 @@ BAD_KINDS = {  # every `len(BAD_KINDS)`-th bad row cycles through these; the rea
 }
 
 
-def url_list(base: str, rows: int, bad_fraction: float, work: Path) -> tuple[pl.DataFrame, dict[str, int]]:
+def url_list(base: str, rows: int, bad_fraction: float, work: Path,
+             images: Path) -> tuple[pl.DataFrame, dict[str, int]]:
     """The benchmark's URL list: good images plus a `bad_fraction` of web junk, and the reason counts it implies."""
     (work / "www" / "bad").mkdir(parents=True, exist_ok=True)
     (work / "www" / "bad" / "page.jpg").write_bytes(b"<html><body>Error 404</body></html>")
-    (work / "www" / "bad" / "truncated.jpg").write_bytes((work / "www" / "img" / "0.jpg").read_bytes()[:600])
+    (work / "www" / "bad" / "truncated.jpg").write_bytes((images / "0.jpg").read_bytes()[:600])
     bad_every = round(1 / bad_fraction) if bad_fraction > 0 else rows + 1
     urls, expected, kinds = [], {}, list(BAD_KINDS)
     for i in range(rows):
@@ -86,13 +110,108 @@ def ensure_img2dataset() -> Path:
     return exe
 
 
-def timed(cmd: list[str], log: Path) -> float:
+def timed(cmd: list[str], log: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process tree: user + sys) of one run of `cmd`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as f:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "NO_ALBUMENTATIONS_UPDATE": "1",
                             "HOME": str(Path.home())})
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_ours(args, urls: Path, out: Path, expected: dict[str, int]) -> dict:
+    for folder in (out, out.with_suffix(".plan")):  # the input plan too: every run starts cold
+        shutil.rmtree(folder, ignore_errors=True)
+    seconds, cpu = timed([sys.executable, "-m", "pipelines.cli", "ingest", "--url-list", str(urls), "--output-dir",
+                          str(out), "--processes", str(args.processes), "--threads", str(args.threads),
+                          "--max-side", str(args.max_side), "--shard-size", str(args.shard_size), "--set",
+                          "ingest.encode_format=jpg"], out.with_suffix(".log"))
+    stats = json.loads((out / "_stats.json").read_text())
+    reconciled = stats["by_error"] == expected and stats["rows"] == args.rows == sum(stats["by_status"].values())
+    return {"seconds": seconds, "cpu_seconds": cpu, "success": stats["success"], "rows": stats["rows"],
+            "by_error": stats["by_error"], "reconciled": reconciled}
+
+
+def run_img2dataset(args, urls: Path, out: Path, exe: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    # keep_ratio_largest: the largest side to image_size, as our max_side (keep_ratio fits the smallest side)
+    seconds, cpu = timed([str(exe), "--url_list", str(urls), "--input_format", "csv", "--url_col", "url",
+                          "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", str(out),
+                          "--processes_count", str(args.processes), "--thread_count", str(args.threads),
+                          "--image_size", str(args.max_side), "--resize_mode", "keep_ratio_largest",
+                          "--resize_only_if_bigger", "True", "--encode_quality", "95",
+                          "--number_sample_per_shard", str(args.shard_size), "--enable_wandb", "False",
+                          "--distributor", "multiprocessing"], out.with_suffix(".log"))
+    success = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    return {"seconds": seconds, "cpu_seconds": cpu, "success": success, "rows": args.rows}
+
+
+def cpu_by_step(base: str, rows: int, max_side: int) -> dict[str, int]:
+    """CPU microseconds per row of each step of ours, one thread, the library's own functions against the server.
+
+    Runs the clipcore found on the path: this tree's, or (PYTHONPATH=<an older tree>) the code before the decode,
+    phash and HTTP work (e3a6e4d), whose steps are timed under the same names.
+    """
+    import hashlib
+
+    from clipcore.config import IngestConfig
+    from clipcore.ingest import rows as ingest_rows
+    from clipcore.ingest.fetch import Fetcher
+
+    config = IngestConfig(max_side=max_side, encode_format="jpg")
+    fetcher, spent = Fetcher(config), dict.fromkeys(["fetch", "sha256", "decode", "resize", "phash", "encode"], 0.0)
+    urls = [f"{base}/{i}.jpg" for i in range(rows)]
+    for url in urls[:20]:
+        fetcher.fetch(url)  # connections and caches warm
+    for url in urls:
+        marks = [time.thread_time()]
+        payload = fetcher.fetch(url)
+        marks.append(time.thread_time())
+        hashlib.sha256(payload).hexdigest()
+        marks.append(time.thread_time())
+        if hasattr(ingest_rows, "thumbnail"):  # this tree: decode at the thumbnail's DCT scale, phash the thumbnail
+            from clipcore.data.images import decode_reduced
+            from clipcore.ingest.phash import perceptual_hash
+
+            image, original = decode_reduced(payload, config.max_pixels, max_side)
+            marks.append(time.thread_time())
+            image = ingest_rows.thumbnail(image, original, max_side)
+            marks.append(time.thread_time())
+            perceptual_hash(image)
+        else:  # before: full decode, imagehash.phash of it, then the thumbnail
+            import imagehash
+
+            from clipcore.data.images import decode_image
+
+            image = decode_image(payload, config.max_pixels)
+            marks.append(time.thread_time())
+            start = time.thread_time()
+            str(imagehash.phash(image))
+            hashed = time.thread_time() - start
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            marks.append(time.thread_time() - hashed)
+        marks.append(time.thread_time())
+        ingest_rows.encode_image(image, config)
+        marks.append(time.thread_time())
+        for step, (a, b) in zip(spent, itertools.pairwise(marks), strict=True):
+            spent[step] += b - a
+    result = {step: round(seconds / rows * 1e6) for step, seconds in spent.items()}
+    return {**result, "sum": sum(result.values())}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over the repeats, every run kept."""
+    seconds = statistics.median(r["seconds"] for r in runs)
+    cpu = statistics.median(r["cpu_seconds"] for r in runs)
+    success = runs[0]["success"]
+    return {"median_seconds": round(seconds, 2), "median_images_per_second": round(success / seconds, 1),
+            "median_cpu_ms_per_row": round(cpu / runs[0]["rows"] * 1000, 3), "success": success,
+            "runs": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in runs]}
 
 
 def main() -> None:
@@ -100,56 +219,68 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each tool, alternating")
+    parser.add_argument("--sides", default="256", help="image side in px, or a range LOW-HIGH drawn per side")
+    parser.add_argument("--max-side", type=int, default=256, help="largest side after resizing (both tools)")
+    parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--port", type=int, default=18431)
     parser.add_argument("--bad-fraction", type=float, default=0.05, help="share of junk rows (404, HTML, ...)")
     parser.add_argument("--work", default="/tmp/clip-ingest-bench")
     parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--note", default="", help="said in the results entry, e.g. how busy the machine was")
+    parser.add_argument("--breakdown-rows", type=int, default=0,
+                        help="also time each step of ours on this many rows, one thread (cpu_by_step)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    make_images(work, args.rows, Path(args.source))
-    base = f"http://127.0.0.1:{args.port}/img"
-    urls = work / "urls.csv"
-    table, expected = url_list(base, args.rows, args.bad_fraction, work)
+    sides = parse_sides(args.sides)
+    label = f"{args.sides}px"
+    images = work / "www" / f"img-{args.sides}"
+    make_images(images, args.rows, Path(args.source), sides)
+    base = f"http://127.0.0.1:{args.port}/img-{args.sides}"
+    urls = work / f"urls-{args.sides}.csv"
+    table, expected = url_list(base, args.rows, args.bad_fraction, work, images)
     table.write_csv(urls)
     (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, port=args.port))
     subprocess.run(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], check=True)
     i2d = ensure_img2dataset()
-    results = {}
+    runs: dict[str, list[dict]] = {"ours": [], "img2dataset": []}
     try:
-        for name in ("ours", "img2dataset"):
-            shutil.rmtree(work / name, ignore_errors=True)
-        ours = timed([sys.executable, "-m", "pipelines.cli", "ingest", "--url-list", str(urls), "--output-dir",
-                      str(work / "ours"), "--processes", str(args.processes), "--threads", str(args.threads),
-                      "--max-side", "256", "--shard-size", "10000", "--set", "ingest.encode_format=jpg"],
-                     work / "ours.log")
-        stats = json.loads((work / "ours" / "_stats.json").read_text())
-        results["ours"] = {"seconds": ours, "success": stats["success"], "rows": stats["rows"]}
-        reconciled = stats["by_error"] == expected and stats["rows"] == args.rows == sum(stats["by_status"].values())
-        results["ours"].update(by_error=stats["by_error"], expected_by_error=expected, reconciled=reconciled)
-        theirs = timed([str(i2d), "--url_list", str(urls), "--input_format", "csv", "--url_col", "url",
-                        "--caption_col", "caption", "--output_format", "webdataset", "--output_folder",
-                        str(work / "img2dataset"), "--processes_count", str(args.processes), "--thread_count",
-                        str(args.threads), "--image_size", "256", "--resize_mode", "keep_ratio",
-                        "--resize_only_if_bigger", "True", "--number_sample_per_shard", "10000",
-                        "--enable_wandb", "False", "--distributor", "multiprocessing"], work / "img2dataset.log")
-        success = sum(json.loads(p.read_text())["successes"] for p in (work / "img2dataset").glob("*_stats.json"))
-        results["img2dataset"] = {"seconds": theirs, "success": success, "rows": args.rows}
+        for repeat in range(args.repeats):
+            order = ("ours", "img2dataset") if repeat % 2 == 0 else ("img2dataset", "ours")
+            for name in order:
+                out = work / name
+                result = (run_ours(args, urls, out, expected) if name == "ours"
+                          else run_img2dataset(args, urls, out, i2d))
+                runs[name].append(result)
+                print(f"repeat {repeat + 1}/{args.repeats} {name:<12} {result['seconds']:7.2f} s  "
+                      f"cpu {result['cpu_seconds']:7.2f} s  ok {result['success']}", flush=True)
+        breakdown = cpu_by_step(base, args.breakdown_rows, args.max_side) if args.breakdown_rows else None
     finally:
         subprocess.run(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work), "-s", "stop"], check=False)
-    for r in results.values():
-        r["images_per_second"] = r["success"] / r["seconds"]
-    ratio = results["ours"]["images_per_second"] / results["img2dataset"]["images_per_second"]
-    print(f"{'tool':<12} {'rows':>7} {'ok':>7} {'seconds':>8} {'images/s':>9}")
+    results = {name: summarize(r) for name, r in runs.items()}
+    results["ours"].update(by_error=runs["ours"][0]["by_error"], expected_by_error=expected,
+                           reconciled=all(r["reconciled"] for r in runs["ours"]))
+    ratio = results["ours"]["median_images_per_second"] / results["img2dataset"]["median_images_per_second"]
+    print(f"{'tool':<12} {'rows':>7} {'ok':>7} {'median s':>9} {'images/s':>9} {'cpu ms/row':>11}")
     for name, r in results.items():
-        print(f"{name:<12} {r['rows']:>7} {r['success']:>7} {r['seconds']:>8.1f} {r['images_per_second']:>9.1f}")
-    print(f"ratio ours / img2dataset: {ratio:.2f}")
+        print(f"{name:<12} {args.rows:>7} {r['success']:>7} {r['median_seconds']:>9.2f} "
+              f"{r['median_images_per_second']:>9.1f} {r['median_cpu_ms_per_row']:>11.3f}")
+    print(f"ratio ours / img2dataset (median images/s): {ratio:.2f}")
     print(f"ours per reason: {results['ours']['by_error']}; reconciles with the list: {results['ours']['reconciled']}")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "ingest_vs_img2dataset.json").write_text(json.dumps(
-        {"rows": args.rows, "processes": args.processes, "threads": args.threads, "results": results,
-         "ratio": ratio, "machine": "2 cores, loopback nginx, 256-px JPEGs"}, indent=2))
+    path = ROOT / "benchmarks" / "results" / "ingest_vs_img2dataset.json"
+    path.parent.mkdir(exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    lists = previous.get("lists", {}) if isinstance(previous.get("lists"), dict) else {}
+    lists[label] = {"rows": args.rows, "processes": args.processes, "threads": args.threads,
+                    "repeats": args.repeats, "max_side": args.max_side, "shard_size": args.shard_size,
+                    "results": results, "ratio": round(ratio, 3), "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "note": args.note}
+    if breakdown:
+        print(f"ours, CPU us per row by step (one thread): {breakdown}")
+        lists[label]["per_row_cpu_us_by_step"] = {"after": [breakdown]}
+    path.write_text(json.dumps({"machine": "2 cores (shared), loopback nginx (1 worker)", "lists": lists},
+                               indent=2) + "\n")
 
 
 if __name__ == "__main__":
