@@ -4,11 +4,10 @@ shard.
 Every failure becomes a short reason string (`http_404`, `timeout`, `connection_refused`, `too_many_redirects`,
 `redirect_scheme_not_allowed`, `too_large`, `scheme_not_allowed`, `malformed_url`, ...), never an exception.
 
-HTTP goes through `clipcore.ingest.http_client` (one exchange at a time over keep-alive connections); redirects and
-retries are followed here, so that every redirect target passes the same scheme allow-list as the input URL (a
-`Location: file:///etc/passwd` is a reason, not an exception) and one deadline covers the whole fetch: connecting,
-every retry and redirect, and reading the body (a server that drips a byte a second cannot hold a download thread
-past it).
+Redirects and retries are followed here rather than by urllib3, so that every redirect target passes the same
+scheme allow-list as the input URL (a `Location: file:///etc/passwd` is a reason, not an urllib3 exception) and
+one deadline covers the whole fetch: connecting, every retry and redirect, and reading the body (a server that
+drips a byte a second cannot hold a download thread past it).
 """
 
 from __future__ import annotations
@@ -20,11 +19,23 @@ import stat
 import tarfile
 import threading
 import time
+from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    HTTPError,
+    LocationValueError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    URLSchemeUnknown,
+)
+
 from clipcore.config import IngestConfig
-from clipcore.ingest.http_client import Client, HttpError, Response
 
 ALLOWED_SCHEMES = ("http", "https")
 RETRY_STATUSES = (500, 502, 503, 504)
@@ -72,7 +83,9 @@ class Fetcher:
         # the retries' own budget unless a tighter total is set: `timeout` per attempt
         self.deadline_s = (config.total_timeout if config.total_timeout is not None
                            else config.timeout * (config.retries + 1))
-        self.http = Client(config.user_agent)  # one request, no redirect, no retry: those happen in `_http`
+        # retries=False: urllib3 raises the first error and never follows a redirect; both happen in `_http`
+        self.http = urllib3.PoolManager(num_pools=64, maxsize=32, retries=False,
+                                        headers={"User-Agent": config.user_agent})
         self._tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
         self._tar_lock = threading.Lock()
 
@@ -117,59 +130,76 @@ class Fetcher:
             response = self._request(url, deadline)
             if response.status not in REDIRECT_STATUSES:
                 return self._read_body(response, deadline)
-            location = response.headers.get("location")
-            response.close()  # never the body of a redirect
+            location = response.headers.get("Location")
+            _discard(response)
             url = redirect_target(url, location)
         raise FetchError("too_many_redirects")
 
-    def _request(self, url: str, deadline: float) -> Response:
-        """One response (head read, body not), after up to `retries` retries of 5xx and network errors."""
+    def _request(self, url: str, deadline: float) -> urllib3.BaseHTTPResponse:
+        """One response (headers read, body not), after up to `retries` retries of 5xx and network errors."""
         cfg = self.config
         for attempt in range(cfg.retries + 1):
             per_read = min(cfg.timeout, deadline - time.monotonic())
             if per_read <= 0:
                 raise FetchError("timeout")
             try:
-                response = self.http.get(url, per_read)
-            except HttpError as err:
-                if err.reason not in RETRY_REASONS or attempt == cfg.retries:
-                    raise FetchError(err.reason) from err
+                response = self.http.request("GET", url, preload_content=False, redirect=False,
+                                             timeout=urllib3.Timeout(connect=per_read, read=per_read))
+            except (HTTPError, OSError) as err:
+                reason = _reason(err)
+                if reason not in RETRY_REASONS or attempt == cfg.retries:
+                    raise FetchError(reason) from err
             else:
                 if response.status not in RETRY_STATUSES or attempt == cfg.retries:
                     return response
-                response.close()
+                _discard(response)
             pause = min(BACKOFF * 2**attempt, deadline - time.monotonic())
             if pause <= 0:
                 raise FetchError("timeout")
             time.sleep(pause)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _read_body(self, response: Response, deadline: float) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         """The body of a final (non-redirect) response, within `max_bytes` and before `deadline`.
 
         The process's watchdog shuts the socket at the deadline: a blocked read returns at once, however slowly the
         bytes come.
         """
-        if response.status >= 400:
-            response.close()  # closing, not draining: the unread body may be huge or slow
-            raise FetchError(f"http_{response.status}")
-        length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.config.max_bytes:
-            response.close()
-            raise FetchError("too_large")
         watch = _WATCHDOG.watch(response, deadline)
+        complete = False
         try:
-            body = response.read(self.config.max_bytes)
-        except HttpError as err:  # the shut socket reads as a body cut short
-            response.close()
-            raise FetchError("timeout" if watch.expired and err.reason == "connection_reset" else err.reason) from err
+            body = self._stream(response)
+            if watch.expired:
+                raise FetchError("timeout")  # the shut socket looked like the end of a short body
+            complete = True
+            return body
+        except (ReadTimeoutError, TimeoutError) as err:
+            raise FetchError("timeout") from err
+        except DecodeError as err:
+            raise FetchError("bad_content_encoding") from err
+        except (HTTPError, HTTPException, OSError) as err:  # a reset, or a body cut short
+            raise FetchError("timeout" if watch.expired else "connection_reset") from err
         finally:
-            _WATCHDOG.release(watch)
-        if watch.expired:
-            response.close()
-            raise FetchError("timeout")  # the shut socket looked like the end of a body without a length
-        response.release()  # only now back to the pool: the watchdog never shuts a connection serving another fetch
-        return body
+            _WATCHDOG.release(watch)  # before the connection goes back to the pool: never shut once reused
+            if complete:
+                response.release_conn()
+            else:
+                _discard(response)
+
+    def _stream(self, response: urllib3.BaseHTTPResponse) -> bytes:
+        max_bytes = self.config.max_bytes
+        if response.status >= 400:
+            raise FetchError(f"http_{response.status}")
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise FetchError("too_large")
+        chunks, size = [], 0
+        for chunk in response.stream(65536):
+            size += len(chunk)
+            if size > max_bytes:
+                raise FetchError("too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _tar_member(self, url: str) -> bytes:
         """A member of a local tar by name; a name repeated in the tar reads its first occurrence (see sources)."""
@@ -195,7 +225,7 @@ class _Watch:
 
     __slots__ = ("deadline", "response", "expired")
 
-    def __init__(self, deadline: float, response: Response):
+    def __init__(self, deadline: float, response: urllib3.BaseHTTPResponse):
         self.deadline, self.response, self.expired = deadline, response, False
 
     def __lt__(self, other: _Watch) -> bool:  # heap order
@@ -215,7 +245,7 @@ class _Watchdog:
         self._heap: list[_Watch] = []
         self._pid = 0  # the thread belongs to the process that started it: a forked child starts its own
 
-    def watch(self, response: Response, deadline: float) -> _Watch:
+    def watch(self, response: urllib3.BaseHTTPResponse, deadline: float) -> _Watch:
         watch = _Watch(deadline, response)
         with self._cond:
             if self._pid != os.getpid():
@@ -265,3 +295,24 @@ def redirect_target(url: str, location: str | None) -> str:
     except ValueError as err:  # urlsplit: e.g. an unclosed IPv6 bracket
         raise FetchError("redirect_malformed_url") from err
     return target
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Close a response whose body is not read (a redirect, an error status, a failed read) and free its pool slot.
+
+    Closing, not draining: the unread body may be huge or slow, and a connection left mid-body must not be reused.
+    """
+    response.close()
+    response.release_conn()
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, NewConnectionError):  # checked first: urllib3 makes it a ConnectTimeoutError subclass
+        return "connection_refused" if "refused" in str(err).lower() else "connection_failed"
+    if isinstance(err, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(err, ProtocolError | ConnectionResetError):
+        return "connection_reset"
+    if isinstance(err, LocationValueError | URLSchemeUnknown):
+        return "malformed_url"
+    return "connection_failed"
