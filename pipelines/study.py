@@ -71,7 +71,7 @@ def write_study_report(experiments: str | Path, study: str, out: str | Path) -> 
     budgets = sorted({str(r.samples_seen) for r in runs})
     notes = [f"{len(runs)} finished runs of study '{study}' ({len(result.variants)} variants, seeds "
              f"{', '.join(map(str, sorted({r.seed for r in runs})))}), every one with train.samples_seen = "
-             f"{' / '.join(budgets)}.", *(f"Not in the tables: {p}." for p in problems)]
+             f"{' / '.join(budgets)}.", *([f"Not in the tables: {'; '.join(sorted(problems))}."] if problems else [])]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps({"study": study, "notes": notes, "problems": problems,

@@ -64,10 +64,16 @@ def difference_table(result: StudyResult, variants: list[Variant], metrics: list
     return _table(["paired by seed: mean [95% t interval]", *map(_short, metrics)], rows)
 
 
-def summary_plot(result: StudyResult, variants: list[Variant], metrics: list[str]) -> str:
-    """One panel per metric: each variant's mean (bar) ± sd (whisker) and its seeds' values (dots)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.4 * len(variants) + 1.4), sharey=True)
-    for ax, key in zip([axes] if len(metrics) == 1 else axes, metrics, strict=True):
+def summary_plot(result: StudyResult, variants: list[Variant], metrics: list[str], per_row: int = 4) -> str:
+    """One panel per metric (`per_row` to a row): each variant's mean (bar) ± sd (whisker) and its seeds (dots)."""
+    rows = math.ceil(len(metrics) / per_row)
+    fig, axes = plt.subplots(rows, min(per_row, len(metrics)), squeeze=False,
+                             figsize=(3.4 * min(per_row, len(metrics)) + 1.5, rows * (0.35 * len(variants) + 1.2)))
+    for k, ax in enumerate(axes.flat):
+        if k >= len(metrics):
+            ax.axis("off")
+            continue
+        key = metrics[k]
         for y, v in enumerate(variants):
             if key not in result.summaries[v]:
                 continue
@@ -77,9 +83,8 @@ def summary_plot(result: StudyResult, variants: list[Variant], metrics: list[str
             seeds = [r.metrics[key] for r in result.runs if r.variant == v and key in r.metrics]
             ax.scatter(seeds, [y] * len(seeds), s=10, color="k", zorder=3)
         ax.set_title(_short(key), fontsize=9)
-    first = axes if len(metrics) == 1 else axes[0]
-    first.set_yticks(range(len(variants)), [v.label for v in variants], fontsize=8)
-    first.invert_yaxis()
+        ax.set_yticks(range(len(variants)), [v.label for v in variants] if k % per_row == 0 else [], fontsize=8)
+        ax.set_ylim(len(variants) - 0.5, -0.5)
     fig.tight_layout()
     return _figure_to_data_uri(fig)
 
