@@ -42,10 +42,10 @@ data: setup ## build the caption dataset under data/ (deterministic: matches dat
 repro: ## run the DVC pipeline (each stage materializes its Dagster asset)
 	$(DVC) repro
 
-exp: setup ## a DVC experiment on a dataset file: make exp DATASET=configs/datasets/NAME.yaml [SET="-S k=v ..."]
+exp: setup ## a DVC experiment on a dataset file: make exp DATASET=configs/datasets/NAME.yaml [NAME=exp] [SET="-S k=v ..."]
 	@test -n "$(DATASET)" || { echo "usage: make exp DATASET=configs/datasets/NAME.yaml"; exit 2; }
-	uv run --frozen clip-pipeline dataset-args $(DATASET) | xargs $(DVC) exp run -n $(basename $(notdir $(DATASET))) $(SET)
-	$(DVC) exp show --no-pager --drop '.*' --keep 'Experiment|ingest.input|registry.model_name|eval_average|zero_shot_top1'
+	uv run --frozen clip-pipeline dataset-args $(DATASET) | xargs $(DVC) exp run -n $(or $(NAME),$(basename $(notdir $(DATASET)))) $(SET)
+	COLUMNS=200 $(DVC) exp show --no-pager --drop '.*' --keep 'Experiment|ingest.input|registry.model_name|eval_average|zero_shot_top1'
 
 compare-filters: setup ## DVC experiments: no filtering, and CLIP-score filtering by the champion (the report compares runs)
 	$(DVC) exp run -n unfiltered -S filter.enabled=false

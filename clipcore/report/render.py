@@ -48,8 +48,12 @@ def _figure_to_data_uri(fig: plt.Figure) -> str:
 
 
 def _thumbnail(image: np.ndarray, size: int = 64) -> str:
-    """A PNG data URI of `image` scaled (nearest neighbour) so that its longer side is `size`."""
-    array = image.squeeze()
+    """A PNG data URI of `image` (HW, HWC, or CHW as the labeled sets give a 3-channel model's images) scaled (nearest
+    neighbour) so that its longer side is `size`."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    array = array.squeeze()
     height, width = array.shape[:2]
     scale = size / max(height, width)
     buf = io.BytesIO()

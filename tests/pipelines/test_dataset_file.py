@@ -38,7 +38,7 @@ def test_settings_round_trip_through_the_shell_and_yaml(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     values = {"ingest": {"input": str(tmp_path / "my data" / "pairs.csv"), "local_paths": False, "url_col": "it's"},
               "eval": {"name": "two words", "probe_size": 0, "class_names": str(tmp_path / "classes.txt"),
-                       "tasks": ""},
+                       "templates": ""},
               "registry": {"model_name": "clip-mine"}}
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -57,6 +57,7 @@ def test_settings_round_trip_through_the_shell_and_yaml(tmp_path):
     ("ingest: {input: x.csv}\ntrain: {epochs: 2}\n", "unknown section 'train'"),
     ("ingest: {input: x.csv, processes: 4}\n", "ingest.processes is not a dataset setting"),
     ("eval: {name: x}\n", "ingest.input is required"),
+    ("ingest: {input: x.csv}\neval: {tasks: ''}\n", "eval.tasks is empty.*configs/no_tasks.txt"),
 ])
 def test_a_dataset_file_sets_only_dataset_keys(tmp_path, text, message):
     (tmp_path / "d.yaml").write_text(text)
