@@ -47,7 +47,7 @@ def read_dataset_file(path: str | Path) -> dict[str, object]:
     if "ingest.input" not in settings:
         raise CommandError(f"{path}: ingest.input is required (the dataset's captions)")
     for key in PATH_KEYS:
-        if settings.get(key, None) == "":  # a DVC dep `${key}` cannot be an empty path
+        if settings.get(key) == "":  # a DVC dep `${key}` cannot be an empty path
             hint = "; configs/no_tasks.txt is a suite with no tasks" if key == "eval.tasks" else ""
             raise CommandError(f"{path}: {key} is empty; DVC tracks it as a file, so name one{hint}")
     return settings
