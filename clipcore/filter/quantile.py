@@ -3,7 +3,7 @@ number of scores.
 
 While the shards are scored, a fixed-bin histogram over [-1, 1] (cosines; anything outside goes to the edge bins)
 counts the scores: `ScoreHistogram`, 65,536 bins of width 2 / 65,536 ~ 3.1e-5, so the bin holding a rank already
-bounds the quantile to within 3.1e-5 (`approximate_quantile`). `exact_quantile` then reads the scores again (the
+bounds that order statistic to within 3.1e-5 (`approximate_quantile`). `exact_quantile` then reads the scores again (the
 per-shard score columns, in batches) and keeps only those in that bin; a bin holding more than `max_held` scores
 is split by another histogram over its own range first. Memory: the bins plus at most `max_held` scores.
 """
@@ -50,7 +50,8 @@ class ScoreHistogram:
         return found, int(cumulative[found - 1]) if found else 0
 
     def approximate_quantile(self, q: float) -> float:
-        """The lower edge of the bin holding quantile `q`: within one bin width of the exact one."""
+        """The lower edge of the bin holding the order statistic of rank floor(q (n - 1)) (numpy's method `lower`):
+        at most one bin width below it, for scores inside [lo, hi]."""
         found, _ = self.bin_of_rank(int(np.floor(q * (self.total - 1))))
         return self.lo + found * (self.hi - self.lo) / self.bins
 
