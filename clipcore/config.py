@@ -149,7 +149,9 @@ class FilterConfig:
     dedupe_images: bool = True
     """Keep only the first row of each exact image (sha256)."""
     near_duplicate_bits: int | None = bounded(None, ge=0, le=64)
-    """Reject images whose 64-bit perceptual hash is within this Hamming distance of a kept one; None disables."""
+    """Reject images whose 64-bit perceptual hash is within this Hamming distance of an earlier
+    row passing the earlier rules (kept or not: pairs are judged on their own, so partitions can be resolved apart);
+    None disables."""
     dedupe_captions: bool = False
     """Keep only the first row of each exact caption (off for templated captions)."""
     clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
