@@ -224,6 +224,10 @@ def export_eval_task(args: argparse.Namespace) -> None:
     from clipcore.model.prompts import load_class_names, load_templates
 
     names = load_class_names(args.class_names) if args.class_names else None
+    idx_file = Path(args.images).name.endswith((".gz", "-ubyte"))
+    if idx_file and not (args.labels and names):
+        raise CommandError("export-eval-task: IDX images need an IDX labels file and class names (--labels, "
+                           "--class-names), or give the folder holding both IDX files")
     if args.labels:  # an IDX pair given file by file
         if names is None:
             raise CommandError("export-eval-task: IDX --images/--labels need --class-names")

@@ -76,10 +76,17 @@ def test_missing_paths_and_bad_values_fail_before_any_experiment(tmp_path):
 
 
 def test_cli_prints_settings_or_one_line_error(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "pipelines.cli", "dataset-args", "configs/datasets/fashion_mnist.yaml",
-                         "--format", "set"], cwd=ROOT, capture_output=True, text=True)
+    """The command on a dataset whose paths exist (the default dataset's data/ exists only after `make data`)."""
+    (tmp_path / "pairs.csv").write_text("url,caption\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"ingest": {"input": str(tmp_path / "pairs.csv"),
+                                                                "local_paths": False},
+                                                     "eval": {"labeled_set": str(tmp_path), "probe_set": str(tmp_path),
+                                                              "tasks": str(ROOT / "configs/no_tasks.txt")}}))
+    ok = subprocess.run([sys.executable, "-m", "pipelines.cli", "dataset-args", str(tmp_path / "d.yaml"),
+                         "--format", "set", "--params", str(ROOT / "params.yaml")], cwd=tmp_path,
+                        capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ingest.input=data/fashion_mnist/captions.csv" in ok.stdout.splitlines()
+    assert f"ingest.input={tmp_path / 'pairs.csv'}" in ok.stdout.splitlines()
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "dataset-args", str(tmp_path / "none.yaml")],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
