@@ -97,6 +97,7 @@ study-wait: setup ## run the queue, one experiment at a time (STUDY_JOBS), and w
 	$(DVC) queue start -j $(STUDY_JOBS)
 	@while $(DVC) queue status | awk '$$NF ~ /Queued|Running/ {found=1} END {exit !found}'; do sleep 60; done
 	@$(DVC) queue status | awk '$$NF == "Failed" {print "failed: " $$2 " (dvc queue logs " $$2 ")"}'
+	@$(DVC) queue stop  # the idle worker would otherwise stay up
 
 study-report: setup ## rebuild outputs/study/index.html from the study's finished experiments
 	@mkdir -p $(STUDY_DIR)
