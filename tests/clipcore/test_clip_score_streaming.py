@@ -75,8 +75,9 @@ def reference_scores(root, kept: pl.DataFrame, batch_size: int) -> np.ndarray:
     return np.concatenate(scores)
 
 
-def test_scores_equal_the_whole_set_reference_reading_each_shard_once(shards, monkeypatch):
-    root, kept = shards
+def count_reads(monkeypatch):
+    """([shard paths opened], [images per embedding batch], an image embedder that records its batches), with the
+    shard reader patched to record what it opens."""
     opened, batches = [], []
     original = clip_score.iter_samples
 
@@ -89,6 +90,12 @@ def test_scores_equal_the_whole_set_reference_reading_each_shard_once(shards, mo
         return image_features(payloads)
 
     monkeypatch.setattr(clip_score, "iter_samples", counting)
+    return opened, batches, embed_images
+
+
+def test_scores_equal_the_whole_set_reference_reading_each_shard_once(shards, monkeypatch):
+    root, kept = shards
+    opened, batches, embed_images = count_reads(monkeypatch)
     scores = score_kept(root, kept, embed_images, text_features, batch_size=4, progress=False)
     assert np.array_equal(scores, reference_scores(root, kept, 4))
     assert sorted(opened) == [str(root / f"{s:05d}.tar") for s in range(3)]  # each tar read once
@@ -161,18 +168,7 @@ def test_filter_stage_scores_shard_by_shard_and_cuts_at_the_exact_quantile(tmp_p
         tmp_path / "captions.csv")
     ingest(IngestConfig(input=str(tmp_path / "captions.csv"), url_col="path", local_paths=True, encode_format="png",
                         processes=1, threads=1, shard_size=5), tmp_path / "ingest", progress=False)
-    opened, batches = [], []
-    original = clip_score.iter_samples
-
-    def counting(paths, uids):
-        opened.extend(str(p) for p in paths)
-        return original(paths, uids)
-
-    def embed_images(payloads):
-        batches.append(len(payloads))
-        return image_features(payloads)
-
-    monkeypatch.setattr(clip_score, "iter_samples", counting)
+    opened, batches, embed_images = count_reads(monkeypatch)
     config = FilterConfig(languages=(), clip_score=ClipScoreConfig(enabled=True, model="models:/fake@champion",
                                                                      top_fraction=0.3, batch_size=2))
     result = run_filter(tmp_path / "ingest", config, tmp_path / "out", lambda uri: (embed_images, text_features),
