@@ -4,6 +4,7 @@ beside it, every registered version's artifacts are the checkpoint it was tagged
 zero-shot metrics scores exactly those numbers when measured again from its own artifacts. The next run of the stage
 succeeds and closes what the killed one left open (MLflow runs, Dagster runs)."""
 
+import contextlib
 import json
 import os
 import random
@@ -52,7 +53,18 @@ def client_of(project) -> MlflowClient:
 def start(project, stage: str) -> subprocess.Popen:
     overrides = [a for o in FAST for a in ("--set", o)]
     return subprocess.Popen([CLI, stage, "--params", "params.yaml", *overrides], cwd=project["dir"],
-                            env=project["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=project["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: see kill()
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL a stage and then what it started (Dagster's `tail -F` compute-log followers would otherwise outlive it,
+    holding its output pipes open, and `communicate` would wait for them forever)."""
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
 
 
 def cli(project, stage: str) -> subprocess.CompletedProcess:
@@ -115,8 +127,7 @@ def test_stages_killed_at_random_points_misattribute_nothing(project):
     for stage, longest in (("pretrain", 25.0), ("evaluate", 15.0), ("promote", 12.0), ("report", 12.0)):
         process = start(project, stage)
         time.sleep(rng.uniform(3.0, longest))
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+        kill(process)
         assert_nothing_misattributed(project)
         again = cli(project, stage)  # the stage recovers: no stale lock, no half-written folder in the way
         assert again.returncode == 0, again.stderr[-2000:]
