@@ -277,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p = sub.add_parser("dataset-args", help="check a dataset file and print it as `dvc exp run` settings",
                        description="Check a dataset file (configs/datasets/NAME.yaml: its input, evaluation and "
-                       "registered model name) against params.yaml and print it as settings: "
-                       "`dvc exp run -n NAME $(uv run clip-pipeline dataset-args configs/datasets/NAME.yaml)`.")
+                       "registered model name) against params.yaml and print it as settings: `uv run clip-pipeline "
+                       "dataset-args configs/datasets/NAME.yaml | xargs dvc exp run -n NAME` (make exp).")
     p.add_argument("file", help="the dataset file")
     p.add_argument("--params", default="params.yaml", help="params file the settings apply to (default: %(default)s)")
     p.add_argument("--format", choices=("dvc", "set"), default="dvc", help="dvc: `-S key=value ...` on one line; "

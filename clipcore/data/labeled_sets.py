@@ -212,6 +212,12 @@ def idx_files(folder: str | Path) -> tuple[Path, Path] | None:
     return (images[0], labels[0]) if len(images) == 1 and len(labels) == 1 else None
 
 
+def names_its_classes(path: str | Path) -> bool:
+    """Whether the labeled set at `path` brings its class names (an ImageFolder tree: its classnames.txt or folder
+    names) rather than needing them given (IDX labels and csv labels index or name the given classes)."""
+    return Path(path).is_dir() and idx_files(path) is None
+
+
 def open_labeled_set(path: str | Path, class_names: list[str] | None = None, image_size: int = 224,
                      channels: int = 3, limit: int | None = None) -> LabeledSet:
     """A labeled set from its path: a folder of IDX files (see `idx_files`; read at their own size, labels are indices

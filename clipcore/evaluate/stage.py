@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from clipcore.config import EvalConfig, ModelConfig
-from clipcore.data.labeled_sets import LabeledSet, idx_files, open_labeled_set
+from clipcore.data.labeled_sets import LabeledSet, names_its_classes, open_labeled_set
 from clipcore.data.layout import shard_paths
 from clipcore.data.shards import load_samples
 from clipcore.data.task_shards import CLASSIFICATION, RETRIEVAL, find_tasks, open_task
@@ -34,8 +34,7 @@ HELDOUT_TASK = "heldout_pairs"
 def open_test_set(e: EvalConfig, m: ModelConfig) -> LabeledSet:
     """The configured test set `eval.labeled_set` (an IDX folder, an ImageFolder tree or a csv; see
     `open_labeled_set`), read in batches at the model's size and channels."""
-    names = None if idx_files(e.labeled_set) is None and Path(e.labeled_set).is_dir() else \
-        load_class_names(e.class_names)
+    names = None if names_its_classes(e.labeled_set) else load_class_names(e.class_names)
     return open_labeled_set(e.labeled_set, names, m.image_size, m.channels, e.max_test_images)
 
 
@@ -52,8 +51,8 @@ def load_holdout(holdout_path: str | Path, shard_root: str | Path, m: ModelConfi
 def open_probe_set(e: EvalConfig, m: ModelConfig, class_names: list[str]) -> LabeledSet:
     """The first `eval.probe_size` images of `eval.probe_set`, the test set's linear probe is fitted on (an IDX folder,
     an ImageFolder tree or a csv of (path, label)), labels in the test set's order."""
-    folder = idx_files(e.probe_set) is None and Path(e.probe_set).is_dir()
-    return open_labeled_set(e.probe_set, None if folder else class_names, m.image_size, m.channels, e.probe_size)
+    names = None if names_its_classes(e.probe_set) else class_names
+    return open_labeled_set(e.probe_set, names, m.image_size, m.channels, e.probe_size)
 
 
 def suite_of(model: ClipModel, tokenizer: Tokenizer, e: EvalConfig, result: dict, pairs: int) -> SuiteResult:

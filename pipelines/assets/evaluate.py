@@ -52,7 +52,8 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
             check_checkpoint(clip_model)
             result = run_evaluation(clip_model.checkpoint, clip_model.holdout, caption_shards.dir, cfg.eval,
                                     stage.work, stage.work / "metrics.json", identity, cfg.train.exclude_classes)
-        log_evaluation(clip_model.run_id, clip_model.model_name, clip_model.model_version,
+        run_id = clip_model.run_id  # a registry lookup: once
+        log_evaluation(run_id, clip_model.model_name, clip_model.model_version,
                        clip_model.checkpoint_sha256, result.metrics,
                        [stage.work / "metrics.json", stage.work / "details.json"])
         value = Evaluation(dir=str(stage.final), metrics_path=str(stage.final / "metrics.json"),
@@ -70,7 +71,7 @@ def evaluation(context: AssetExecutionContext, config: StageConfig, pipeline: Pi
     return Output(value, metadata={
         **{k: MetadataValue.float(v) for k, v in result.metrics.items()},
         "model": f"{clip_model.model_name} v{clip_model.model_version}",
-        "mlflow_run": MetadataValue.url(run_link(clip_model.run_id)),
+        "mlflow_run": MetadataValue.url(run_link(run_id)),
         "checkpoint_sha256": clip_model.checkpoint_sha256,
         "config": MetadataValue.json(value.test_set),
     })

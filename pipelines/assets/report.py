@@ -52,7 +52,8 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
     mlflow_store.setup(cfg.registry.experiment)
     tag_dagster_run(context, caption_shards.input)
     check_same_model(clip_model, evaluation, champion, Path(pipeline.outputs_dir) / "metrics.json")
-    identifiers = {"MLflow run": clip_model.run_id, "model": clip_model.model_uri,
+    run_id = clip_model.run_id  # a registry lookup: once
+    identifiers = {"MLflow run": run_id, "model": clip_model.model_uri,
                    "registered": f"models:/{clip_model.model_name}/{clip_model.model_version}",
                    "checkpoint sha256": clip_model.checkpoint_sha256, "loss": clip_model.loss,
                    "ingest input": caption_shards.input, "git commit": git_commit() or "-",
@@ -65,9 +66,9 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
             model=from_dict(ModelConfig, evaluation.model_config), identifiers=identifiers,
             runs=training_runs(cfg.registry.experiment), config={**clip_model.config, **filtered_captions.config},
             rejected=filtered_captions.rejected, checkpoint=clip_model.checkpoint,
-            training=training_facts(clip_model.run_id))
+            training=training_facts(run_id))
         summary = build_report(sources, stage.work)
-        with tracked_run(run_id=clip_model.run_id):
+        with tracked_run(run_id=run_id):
             mlflow.log_artifact(str(stage.work / "index.html"), "report")
             mlflow.set_tag("promotion", champion.reason)
         value = Report(dir=str(stage.final), html=str(stage.final / "index.html"))
@@ -75,7 +76,7 @@ def report(context: AssetExecutionContext, config: StageConfig, pipeline: Pipeli
     return Output(value, metadata={
         "summary": MetadataValue.md(summary), "promoted": champion.promoted, "decision": champion.reason,
         "report": MetadataValue.path(str(Path(value.html).resolve())),
-        "mlflow_run": MetadataValue.url(run_link(clip_model.run_id)),
+        "mlflow_run": MetadataValue.url(run_link(run_id)),
     })
 
 
