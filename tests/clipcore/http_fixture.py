@@ -99,6 +99,14 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, bomb_png(), "image/png")
         if path == "/big":
             return self.send(200, b"\xff" * 3_000_000)
+        if path == "/big-chunked":  # no Content-Length to refuse it by: the body itself must be cut off
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(30):
+                self.wfile.write(b"%x\r\n%s\r\n" % (100_000, b"\xff" * 100_000))
+            self.wfile.write(b"0\r\n\r\n")
+            return None
         if path == "/reset":
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.request.close()

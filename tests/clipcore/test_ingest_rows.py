@@ -40,10 +40,13 @@ def test_large_jpegs_decode_reduced_but_never_below_their_thumbnail(size):
     encoded, _, width, height = encode_image(thumbnail(image, original, 256), IngestConfig(max_side=256))
     thumb = Image.open(io.BytesIO(encoded))
     full = Image.open(io.BytesIO(payload))
-    full.thumbnail((256, 256), Image.Resampling.LANCZOS)
+    full.thumbnail((256, 256), Image.Resampling.BILINEAR, reducing_gap=None)  # the same filter on the full decode
     assert thumb.size == (width, height) == full.size == target  # Pillow's own size for the original
-    # the same picture: close to Pillow's thumbnail of the same file (after a JPEG round trip)
-    assert np.abs(np.asarray(thumb, dtype=int) - np.asarray(full, dtype=int)).mean() < 4
+    # the same picture: close to Pillow's thumbnail of the fully decoded file (after a JPEG round trip)
+    # (a 2048x9 strip's one-pixel-high thumbnail averages the 1/8-scale decode's first row, one 8x8 block's mean, where
+    # the full decode weighs all 9 rows: a gradient differs by ~9 levels there)
+    limit = 4 if min(target) >= 8 else 12
+    assert np.abs(np.asarray(thumb, dtype=int) - np.asarray(full, dtype=int)).mean() < limit
 
 
 def test_other_formats_and_no_max_side_decode_at_full_size():
@@ -83,7 +86,7 @@ def test_a_large_jpeg_row_records_the_original_size_and_its_thumbnails_phash():
     thumb = thumbnail(decoded, (1200, 800), 256)
     assert (fields["original_width"], fields["original_height"]) == (1200, 800)
     assert (fields["width"], fields["height"]) == (256, 171) == Image.open(io.BytesIO(encoded)).size == thumb.size
-    assert fields["phash"] == str(imagehash.phash(thumb))
+    assert fields["phash"] == str(imagehash.phash(thumb.convert("L").reduce(2)))  # 171 px high: halved to 85
     distance = imagehash.hex_to_hash(fields["phash"]) - imagehash.phash(Image.open(io.BytesIO(payload)))
     assert distance <= 4  # the full-size picture's hash within a few bits: a near duplicate by any threshold in use
     assert encode_image(thumb, config)[0] == encoded  # deterministic

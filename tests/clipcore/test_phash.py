@@ -11,6 +11,7 @@ from clipcore.ingest.phash import (
     lanczos_weights,
     pass_order,
     perceptual_hash,
+    picture_hash,
     resize_horizontal_first,
     resize_vertical_first,
 )
@@ -66,3 +67,21 @@ def test_weights_are_pils_fixed_point_coefficients():
         assert np.all(np.abs(np.asarray(weights.sum(axis=1)).ravel() - (1 << 22)) <= weights.getnnz(axis=1))
         assert weights.getnnz(axis=1).max() <= 2 * int(np.ceil(3 * max(size / 32, 1))) + 1
     assert lanczos_weights(256) is lanczos_weights(256)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera", "text", "checkerboard"])
+def test_picture_hash_is_imagehash_of_the_box_reduced_picture(name):
+    """imagehash's own phash of the gray picture averaged in k x k blocks by PIL's `reduce` (the largest k leaving a
+    short side of 64 px or more), which is the block mean within rounding; a picture under 128 px is not reduced, so
+    its hash is imagehash's phash exactly."""
+    image = photo(name)
+    for size, k in [((256, 192), 3), ((256, 128), 2), ((300, 600), 4), ((127, 300), 1), ((28, 28), 1)]:
+        picture = image.resize(size)
+        gray = np.asarray(picture.convert("L"), dtype=np.float64)
+        h, w = gray.shape[0] // k, gray.shape[1] // k
+        blocks = gray[: h * k, : w * k].reshape(h, k, w, k).mean(axis=(1, 3))  # numpy's block mean: the reference
+        reduced = picture.convert("L").reduce(k)
+        assert np.abs(np.asarray(reduced, dtype=np.float64)[:h, :w] - blocks).max() <= 1  # a partial edge block too
+        assert picture_hash(picture) == str(imagehash.phash(reduced)), (name, size)
+        if k == 1:
+            assert picture_hash(picture) == str(imagehash.phash(picture))

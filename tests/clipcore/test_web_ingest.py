@@ -34,6 +34,7 @@ CASES = [
     ("/truncated", "a truncated jpeg file", "failed_to_decode", "undecodable_image"),
     ("/bomb", "a decompression bomb here", "failed_to_decode", "too_many_pixels"),
     ("/big", "a body that is too big", "failed_to_download", "too_large"),
+    ("/big-chunked", "too big and of no stated length", "failed_to_download", "too_large"),
     ("/reset", "a reset connection here", "failed_to_download", "connection_reset"),
     ("/redirect-file", "a redirect to a local file", "failed_to_download", "redirect_scheme_not_allowed"),
     ("/redirect-ftp", "a redirect to an ftp url", "failed_to_download", "redirect_scheme_not_allowed"),
