@@ -62,7 +62,7 @@ STAGES: tuple[Stage, ...] = (
           "fetch and validate every input row; write webdataset shards, manifests and _stats.json",
           params=("ingest",),
           code=("clipcore/ingest", "clipcore/data/__init__.py", "clipcore/data/layout.py", "clipcore/data/images.py",
-                "pipelines/assets/ingest.py", "pipelines/partitions.py"),
+                "pipelines/assets/ingest.py", "pipelines/pipes_ingest.py", "pipelines/partitions.py"),
           data=("ingest.input", "ingest.data_root")),
     Stage("filter", "filtered_captions",
           "apply DataComp basic rules and deduplication (and CLIP scores); write kept and rejected manifests",

@@ -1,11 +1,14 @@
 """The ingest stage's asset (one partition per shard) and its blocking check.
 
 A backfill of the shard partitions runs as many runs of at most `SHARDS_PER_RUN` shards each
-(`BackfillPolicy.multi_run`), which a run launcher may fan out over machines; within a run the shards go to
-`ingest.distributor` (a local process pool, or Ray tasks on a cluster). No run reads the whole input: the cached plan
+(`BackfillPolicy.multi_run`), which a run launcher may fan out over machines, or as one run when
+CLIP_INGEST_SHARDS_PER_RUN=0; within a run the shards go to `ingest.distributor`: a local process pool in the run's
+process, or Ray tasks on a cluster, driven by an external process launched through Dagster Pipes
+(pipelines.pipes_ingest), so that a whole backfill can be one run whose work is all done on the Ray cluster. No run reads the whole input: the cached plan
 (`<output>.plan`) gives the row counts and duplicate rows, and each worker reads its own slice."""
 
 import dataclasses
+import os
 
 import polars as pl
 from dagster import (
@@ -16,6 +19,7 @@ from dagster import (
     BackfillPolicy,
     MetadataValue,
     Output,
+    PipesSubprocessClient,
     asset,
     asset_check,
 )
@@ -29,28 +33,38 @@ from clipcore.data.layout import shard_count, shard_name
 from clipcore.ingest.manifests import account_rows
 from clipcore.ingest.plan import count_input_rows, default_plan_dir
 from clipcore.ingest.stage import ingest
+from pipelines import pipes_ingest
 from pipelines.assets import GROUP, StageConfig, ingest_shards
 from pipelines.io import markdown_table
 from pipelines.provenance import tag_dagster_run
 from pipelines.resources import PipelineResource
 from pipelines.values import CaptionShards
 
-SHARDS_PER_RUN = 16
-"""Shard partitions per run of a backfill: each run is one unit a run launcher can place on its own machine."""
+SHARDS_PER_RUN = int(os.environ.get("CLIP_INGEST_SHARDS_PER_RUN", "16"))
+"""Shard partitions per run of a backfill (CLIP_INGEST_SHARDS_PER_RUN when the definitions load): each run is one
+unit a run launcher can place on its own machine. 0: a backfill is one run, which with `ingest.distributor: ray`
+hands every shard to the Ray cluster at once."""
 
 
 @asset(group_name=GROUP, kinds={"polars", "webdataset"}, partitions_def=ingest_shards,
-       backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN))
-def caption_shards(context: AssetExecutionContext, config: StageConfig,
-                   pipeline: PipelineResource) -> Output[CaptionShards]:
+       backfill_policy=(BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN) if SHARDS_PER_RUN
+                        else BackfillPolicy.single_run()))
+def caption_shards(context: AssetExecutionContext, config: StageConfig, pipeline: PipelineResource,
+                   pipes_subprocess_client: PipesSubprocessClient) -> Output[CaptionShards]:
     """Every input row fetched (or read) and validated; good images resized into webdataset tar shards,
     every row in its shard's parquet manifest with a status and an error reason. One partition per shard;
-    a backfill runs as runs of up to SHARDS_PER_RUN shards, each on `ingest.distributor`."""
+    a backfill runs as runs of up to SHARDS_PER_RUN shards, each on `ingest.distributor` (Ray: through Pipes)."""
     cfg = pipeline.load_config("ingest", config.overrides)
     tag_dagster_run(context, cfg.ingest.input)
     out = pipeline.stage_dir("caption_shards")
     shards = sorted(int(k) for k in context.partition_keys)
-    stats = ingest(cfg.ingest, out, shard_range=(shards[0], shards[-1]))
+    if cfg.ingest.distributor == "ray":  # the Ray driver runs outside the Dagster run's process
+        command = pipes_ingest.command(pipeline.params_path, list(config.overrides), str(out), shards[0], shards[-1])
+        invocation = pipes_subprocess_client.run(context=context, command=command)
+        stats = next(m[pipes_ingest.STATS_KEY] for m in invocation.get_custom_messages()
+                     if isinstance(m, dict) and pipes_ingest.STATS_KEY in m)
+    else:
+        stats = ingest(cfg.ingest, out, shard_range=(shards[0], shards[-1]))
     if shards[0] >= stats["shards"]:
         raise ValueError(f"partitions {context.partition_keys[0]}..{context.partition_keys[-1]} are past the end of "
                          f"ingest.input ({stats['shards']} shards): the input shrank; its partitions are registered "
@@ -63,6 +77,7 @@ def caption_shards(context: AssetExecutionContext, config: StageConfig,
         "by_status": MetadataValue.json(stats["by_status"]), "by_error": MetadataValue.json(stats["by_error"]),
         "shards": stats["shards"], "shards_written": stats["shards_written"], "seconds": stats["seconds"],
         "distributor": cfg.ingest.distributor, "nodes": stats["nodes"],
+        "launched": "dagster pipes" if cfg.ingest.distributor == "ray" else "in the run's process",
         "preview": MetadataValue.md(markdown_table(manifest.drop("sha256", "phash"))),
         "config": MetadataValue.json(dataclasses.asdict(cfg.ingest)),
     })

@@ -96,3 +96,16 @@ def test_one_partition_run_writes_and_checks_its_own_shard(tmp_path):
     assert check.metadata["input_rows"].value == 5 == check.metadata["manifest_rows"].value
     out = tmp_path / "outputs" / "caption_shards"
     assert sorted(p.name for p in out.iterdir()) == ["00001.parquet", "00001.tar", "asset.json"]  # no _stats.json yet
+
+
+def test_shards_per_run_zero_makes_a_backfill_one_run():
+    """CLIP_INGEST_SHARDS_PER_RUN=0 when the definitions load: one run for a whole backfill (to hand it all to Ray)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pipelines.assets.ingest import caption_shards; "
+            "print(caption_shards.backfill_policy.policy_type.value)")
+    env = {**os.environ, "CLIP_INGEST_SHARDS_PER_RUN": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "SINGLE_RUN"
