@@ -12,7 +12,9 @@ FMNIST := /usr/share/datasets/fashion-mnist
 	ui mlflow-ui lint clean
 
 run: setup data repro ## set everything up and run the whole chain on the default dataset
-	@echo; echo "== metrics (outputs/metrics.json) =="; $(DVC) metrics show
+	@echo; echo "== metrics (outputs/metrics.json; per task: dvc metrics show) =="
+	@uv run --frozen python -c 'import json; m = json.load(open("outputs/metrics.json")); \
+		print("\n".join(f"  {k:<40} {v:.4f}" for k, v in m.items() if "/" not in k and isinstance(v, float)))'
 	@echo; uv run --frozen clip-pipeline models
 	@echo; echo "Report: $(CURDIR)/outputs/report/index.html   UI: make ui   MLflow: make mlflow-ui"
 
