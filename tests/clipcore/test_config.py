@@ -100,7 +100,8 @@ def test_every_numeric_field_declares_a_range():
     assert not unbounded
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "configs/minilm_lit.yaml", "configs/vit_b_32.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "configs/minilm_lit.yaml", "configs/vit_b_32.yaml",
+                                  "configs/vit.yaml"])
 def test_shipped_params_and_defaults_are_in_range(name):
     check_ranges(load_params(ROOT / name))
     check_ranges(PipelineConfig())

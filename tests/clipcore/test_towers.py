@@ -194,11 +194,14 @@ def test_impossible_tower_combinations_fail_clearly():
         tiny_model(pretrained="/nowhere", image_tower="resnet18")
 
 
-@pytest.mark.parametrize("name", ["vit_b_32.yaml", "minilm_lit.yaml"])
+@pytest.mark.parametrize("name", ["vit_b_32.yaml", "minilm_lit.yaml", "vit.yaml"])
 def test_example_configs_load(name):
     config = load_params(CONFIGS / name)
-    if name == "vit_b_32.yaml":
+    if name == "vit.yaml":
+        assert config.model.image_tower == "vit" and config.train.epochs == 3
+    elif name == "vit_b_32.yaml":
         m = config.model
+        assert m.image_tower == "vit"
         assert (m.image_size, m.channels, m.patch_size, m.vision_width, m.vision_layers, m.vision_heads) == (
             224, 3, 32, 768, 12, 12)
         assert (m.text_width, m.text_layers, m.text_heads, m.context_length, m.vocab_size, m.embed_dim) == (
