@@ -3,19 +3,17 @@ its own raylet and one CPU): the same work items as the local process pool, writ
 the same manifest (every row, same status and reason) and byte-identical shard files."""
 
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # read when ray is imported: workers use this .venv
 
 import polars as pl  # noqa: E402
 import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from clipcore.config import IngestConfig  # noqa: E402
 from clipcore.data.layout import read_manifest  # noqa: E402
 from clipcore.ingest.stage import ingest  # noqa: E402
 from tests.clipcore.http_fixture import ImageServer  # noqa: E402
+from tests.clipcore.ray_cluster import two_node_cluster  # noqa: E402
 
 
 def url_list(path, base: str) -> str:
@@ -36,25 +34,13 @@ def folder_bytes(out) -> dict[str, bytes]:
 def test_ray_on_two_nodes_gives_the_local_manifest_and_bytes(tmp_path, monkeypatch):
     # under `uv run pytest` (make test) Ray would ship this checkout to its workers as a uv runtime env; they share it
     monkeypatch.setattr(ray._private.ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", False)
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    cluster = None
     with ImageServer() as base:
         config = dict(input=url_list(tmp_path / "urls.parquet", base), shard_size=4, max_caption_chars=200,
                       timeout=2.0, retries=0, threads=4, processes=2)
         local = ingest(IngestConfig(**config), tmp_path / "local", progress=False)
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                                    "temp_dir": temp})
-            cluster.add_node(num_cpus=1)
-            cluster.wait_for_nodes()
-            distributed = ingest(IngestConfig(**config, distributor="ray", ray_address=cluster.address),
-                                 tmp_path / "ray", progress=False)
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-            if cluster is not None:
-                cluster.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
+        with two_node_cluster() as address:
+            distributed = ingest(IngestConfig(**config, distributor="ray", ray_address=address), tmp_path / "ray",
+                                 progress=False)
     assert distributed["shards_written"] == 6 and distributed["nodes"] == 2  # tasks ran on both nodes
     assert local["rows"] == distributed["rows"] == 24 and local["success"] == distributed["success"] == 18
     by_row = read_manifest(tmp_path / "local").select("uid", "url", "status", "error")

@@ -2,43 +2,30 @@
 pipelines.pipes_ingest, whose Ray tasks run on both nodes of a real two-node cluster on this machine; the run's event
 log gets the external process's log lines and its stats, and the manifest equals the local distributor's."""
 
-import os
-import shutil
-import tempfile
+from dagster import AssetKey, DagsterInstance, materialize
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # read when ray is imported: workers use this .venv
-
-import ray  # noqa: E402
-from dagster import AssetKey, DagsterInstance, materialize  # noqa: E402
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from clipcore.config import IngestConfig  # noqa: E402
-from clipcore.data.layout import read_manifest  # noqa: E402
-from clipcore.ingest.stage import ingest  # noqa: E402
-from pipelines.assets.ingest import caption_shards, ingest_accounts_for_every_row  # noqa: E402
-from pipelines.launch import build_resources  # noqa: E402
-from pipelines.partitions import register_shards  # noqa: E402
-from tests.clipcore.http_fixture import ImageServer  # noqa: E402
-from tests.clipcore.test_ingest_ray import url_list  # noqa: E402
+from clipcore.config import IngestConfig
+from clipcore.data.layout import read_manifest
+from clipcore.ingest.stage import ingest
+from pipelines.assets.ingest import caption_shards, ingest_accounts_for_every_row
+from pipelines.launch import build_resources
+from pipelines.partitions import register_shards
+from tests.clipcore.http_fixture import ImageServer
+from tests.clipcore.ray_cluster import two_node_cluster
+from tests.clipcore.test_ingest_ray import url_list
 
 
 def test_a_whole_backfill_runs_on_ray_through_pipes(tmp_path):
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    cluster = None
     with ImageServer() as base:
         urls = url_list(tmp_path / "urls.parquet", base)
         settings = {"input": urls, "shard_size": 4, "max_caption_chars": 200, "timeout": 2.0, "retries": 0,
                     "threads": 4, "processes": 2}
         ingest(IngestConfig(**settings), tmp_path / "local", progress=False)
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                                    "temp_dir": temp})
-            cluster.add_node(num_cpus=1)
-            cluster.wait_for_nodes()
+        with two_node_cluster() as address:
             fields = ", ".join(f"{k}: {v}" for k, v in settings.items())
             (tmp_path / "params.yaml").write_text(
-                f"ingest: {{{fields}, distributor: ray, ray_address: '{cluster.address}'}}\n")
+                f"ingest: {{{fields}, distributor: ray, ray_address: '{address}'}}\n")
             resources = build_resources(params_path=str(tmp_path / "params.yaml"),
                                         outputs_dir=str(tmp_path / "outputs"))
             with DagsterInstance.ephemeral() as instance:
@@ -47,12 +34,6 @@ def test_a_whole_backfill_runs_on_ray_through_pipes(tmp_path):
                                      instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
                                                               ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
                 logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-            if cluster is not None:
-                cluster.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
     assert result.success and keys == [f"{i:05d}" for i in range(6)]
     materializations = result.asset_materializations_for_node("caption_shards")  # one per partition, of one run
     assert sorted(m.partition for m in materializations) == keys
