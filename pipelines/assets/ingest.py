@@ -4,8 +4,9 @@ A backfill of the shard partitions runs as many runs of at most `SHARDS_PER_RUN`
 (`BackfillPolicy.multi_run`), which a run launcher may fan out over machines, or as one run when
 CLIP_INGEST_SHARDS_PER_RUN=0; within a run the shards go to `ingest.distributor`: a local process pool in the run's
 process, or Ray tasks on a cluster, driven by an external process launched through Dagster Pipes
-(pipelines.pipes_ingest), so that a whole backfill can be one run whose work is all done on the Ray cluster. No run reads the whole input: the cached plan
-(`<output>.plan`) gives the row counts and duplicate rows, and each worker reads its own slice."""
+(pipelines.pipes_ingest), so that a whole backfill can be one run whose work is all done on the Ray cluster. No run
+reads the whole input: the cached plan (`<output>.plan`) gives the row counts and duplicate rows, and each worker
+reads its own slice."""
 
 import dataclasses
 import os
