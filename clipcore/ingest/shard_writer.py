@@ -27,11 +27,11 @@ def member(name: str, size: int) -> bytes:
     Built from a template (tarfile's `TarInfo.tobuf` costs ~18 us a member); names that are not short ASCII and
     sizes past 8 GiB, which tarfile writes with PAX extended headers, go through tarfile itself.
     """
-    encoded = name.encode("ascii", "replace")
-    if len(encoded) >= 100 or size > MAX_SIZE or not name.isascii():
+    if not name.isascii() or len(name) >= 100 or size > MAX_SIZE:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = size, 0o444, 0
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    encoded = name.encode("ascii")
     header = bytearray(_TEMPLATE)
     header[: len(encoded)] = encoded
     header[124:136] = b"%011o\x00" % size
