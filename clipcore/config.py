@@ -146,6 +146,10 @@ class FilterConfig:
     language_candidates: tuple[str, ...] = ("en", "es", "de", "fr", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar",
                                             "tr", "pl", "sv", "id", "vi", "hi")
     """Languages the detector chooses among (short captions get mistaken for rare languages); empty: all 75."""
+    language_min_ratio: float = bounded(0.35, ge=0, le=1)
+    """A caption is rejected for its language only when lingua's confidence in the best allowed language is below
+    this fraction of its confidence in the language it ranks first ("a red sandal": Indonesian 0.15, English 0.10:
+    kept); 1 rejects whenever the first language is not allowed, 0 never."""
     dedupe_images: bool = True
     """Keep only the first row of each exact image (sha256)."""
     near_duplicate_bits: int | None = bounded(None, ge=0, le=64)

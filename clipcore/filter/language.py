@@ -23,10 +23,29 @@ def detector(candidates: tuple[str, ...]) -> LanguageDetector:
     return LanguageDetectorBuilder.from_languages(*languages).build()
 
 
-def detect_languages(texts: list[str], candidates: tuple[str, ...] = ()) -> list[str | None]:
-    """ISO 639-1 code (lower case) per text, None where lingua cannot decide. Each distinct text is scored once."""
+def code(language: Language) -> str:
+    """ISO 639-1 code, lower case."""
+    return language.iso_code_639_1.name.lower()
+
+
+def disallowed_languages(texts: list[str], allowed: tuple[str, ...], candidates: tuple[str, ...] = (),
+                         min_ratio: float = 0.35) -> list[str | None]:
+    """Per text, the language it is judged to be written in when that language is not `allowed`, else None.
+
+    A text is judged to be in another language only when lingua's confidence in the best allowed language is below
+    `min_ratio` times its confidence in the language it ranks first. Three-word captions often look like several
+    languages at once ("a red sandal": Indonesian 0.15, English 0.10; "sofa bed grey": Turkish 0.20, English 0.18),
+    while a caption really written in another language leaves the allowed ones far behind ("una camiseta negra de
+    algodón": Spanish 0.81, English 0.017). `min_ratio` 1 rejects whenever the first language is not allowed, 0 never.
+    Each distinct text is scored once.
+    """
     unique = sorted(set(texts))
-    found = detector(tuple(candidates)).detect_languages_in_parallel_of(unique)
-    code = {t: (lang.iso_code_639_1.name.lower() if lang is not None else None) for t, lang in zip(unique, found,
-                                                                                                 strict=True)}
-    return [code[t] for t in texts]
+    allowed_set = set(allowed)
+    verdict: dict[str, str | None] = {}
+    for text, values in zip(unique, detector(tuple(candidates)).compute_language_confidence_values_in_parallel(unique),
+                            strict=True):
+        top = values[0] if values and values[0].value > 0 else None  # all zero: lingua cannot place it
+        best_allowed = max((v.value for v in values if code(v.language) in allowed_set), default=0.0)
+        wrong = top is not None and code(top.language) not in allowed_set and best_allowed < min_ratio * top.value
+        verdict[text] = code(top.language) if wrong else None
+    return [verdict[t] for t in texts]

@@ -15,7 +15,7 @@ import polars as pl
 
 from clipcore.config import ClipScoreConfig, FilterConfig
 from clipcore.filter.dedupe import near_duplicates, phash_value, split_first
-from clipcore.filter.language import detect_languages
+from clipcore.filter.language import disallowed_languages
 
 REASON = "filter_reason"
 DEDUPE_COLUMNS = ("rid", "sha256", "phash", "caption")
@@ -45,15 +45,16 @@ def row_reasons(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
     """`frame` with `filter_reason` from the rules that judge a row alone: ingest failures, basic rules, language.
 
     Language detection runs once per distinct caption of the rows passing the basic rules; a caption lingua cannot
-    place is allowed.
+    place, or places nearly as likely in an allowed language (`filter.language_min_ratio`), is allowed.
     """
     frame = frame.with_columns(basic_reason(config).alias(REASON))
     if not (config.enabled and config.languages):
         return frame
     texts = frame.filter(pl.col(REASON).is_null())["caption"].drop_nulls().unique(maintain_order=True)
-    found = pl.DataFrame({"caption": texts, "_lang": detect_languages(texts.to_list(), config.language_candidates)},
-                         schema={"caption": pl.String, "_lang": pl.String})
-    wrong = pl.col("_lang").is_not_null() & ~pl.col("_lang").is_in(list(config.languages))
+    found = pl.DataFrame({"caption": texts, "_lang": disallowed_languages(
+        texts.to_list(), config.languages, config.language_candidates, config.language_min_ratio)},
+        schema={"caption": pl.String, "_lang": pl.String})
+    wrong = pl.col("_lang").is_not_null()
     return (frame.join(found, on="caption", how="left", maintain_order="left")
             .with_columns(pl.when(pl.col(REASON).is_null() & wrong).then(pl.lit("language_not_allowed"))
                           .otherwise(pl.col(REASON)).alias(REASON))

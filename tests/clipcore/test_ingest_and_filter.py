@@ -143,6 +143,28 @@ def test_language_filter_keeps_english_only():
     assert kept["uid"].to_list() == ["0", "1", "3"]
 
 
+# Hand-labelled three-word captions that lingua's first choice among the default candidates gets wrong (a walkthrough
+# found a user's short English captions rejected): English ones must stay, clearly foreign ones must still go.
+SHORT_ENGLISH = ["sandal for women", "a red sandal", "sale sandal 2019", "sofa bed grey"]
+SHORT_FOREIGN = ["la playa bonita", "der schwarze Hund", "chat noir mignon", "vestido rojo de verano",
+                 "Damen Schuhe schwarz", "scarpe da donna"]
+
+
+def test_language_filter_keeps_short_english_captions():
+    captions = SHORT_ENGLISH + SHORT_FOREIGN
+    manifest = synthetic_manifest(captions, [str(i) for i in range(len(captions))])
+    kept, rejected = filter_manifest(manifest, FilterConfig(languages=("en",)))
+    assert sorted(kept["caption"].to_list()) == sorted(SHORT_ENGLISH)
+    assert sorted(rejected["caption"].to_list()) == sorted(SHORT_FOREIGN)
+    assert set(rejected["filter_reason"]) == {"language_not_allowed"}
+    # min_ratio 1 is the detector's first choice alone: the English captions it misplaces are rejected with them
+    strict, _ = filter_manifest(manifest, FilterConfig(languages=("en",), language_min_ratio=1.0))
+    assert strict["caption"].to_list() == []
+    # 0 never rejects a caption for its language
+    everything, _ = filter_manifest(manifest, FilterConfig(languages=("en",), language_min_ratio=0.0))
+    assert everything.height == len(captions)
+
+
 def test_near_duplicates_by_hamming_distance():
     # hashes: base, 2 bits off base, 5 bits off base, 2 bits off the 5-bit one (its own group)
     base = 0x0F0F_0000_FFFF_1234
