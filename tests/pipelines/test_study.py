@@ -57,3 +57,21 @@ def test_study_report_command_writes_the_page_and_json(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no finished experiment named nothing-"):
         main(["study-report", "--experiments", str(path), "--name", "nothing", "--output-dir", str(tmp_path)])
+
+
+def test_single_seed_report_is_strict_json(tmp_path):
+    rows = [{"rev": "b" * 40, "name": "main", "data": {}, "error": None, "experiments": [
+        experiment("study-clip-s0", "clip", 0, 0.30), experiment("study-clip_reg-0.1-s0", "clip_reg", 0, 0.31)]}]
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(rows))
+    main(["study-report", "--experiments", str(path), "--output-dir", str(tmp_path / "out")])
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    data = json.loads((tmp_path / "out" / "study.json").read_text(), parse_constant=refuse)
+    clip = next(v for v in data["variants"] if v["loss"] == "clip")
+    assert clip["summary"]["eval_average"]["sd"] is None and clip["summary"]["eval_average"]["n"] == 1
+    reg = next(v for v in data["variants"] if v["loss"] == "clip_reg")
+    assert reg["minus_clip"]["eval_average"]["low"] is None
+    assert reg["minus_clip"]["eval_average"]["differences"] == pytest.approx([0.01])
