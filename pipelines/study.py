@@ -5,7 +5,6 @@ and study.json (clipcore/report/study.py computes, study_render.py draws)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from clipcore.report.study import StudyRun, Variant, analyse
@@ -22,17 +21,6 @@ def _flatten(values: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _strict(value):
-    """`value` with every NaN (the sd and interval of a single seed) as None: study.json stays valid JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
 
 
 def _experiments(rows: list[dict]):
@@ -86,8 +74,8 @@ def write_study_report(experiments: str | Path, study: str, out: str | Path) -> 
              f"{' / '.join(budgets)}.", *([f"Not in the tables: {'; '.join(sorted(problems))}."] if problems else [])]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(_strict({"study": study, "notes": notes, "problems": problems,
-                                                        **result.as_dict()}), indent=2, allow_nan=False))
+    (out / "study.json").write_text(json.dumps({"study": study, "notes": notes, "problems": problems,
+                                                **result.as_dict()}, indent=2, allow_nan=False))
     page = out / "index.html"
     page.write_text(render_study(result, notes))
     return page

@@ -169,10 +169,15 @@ class StudyResult:
                      for r in self.runs],
             "variants": [{"variant": v.label, "loss": v.loss, "reg_weight": v.reg_weight, "reg_form": v.reg_form,
                           "held_out": list(v.held_out),
-                          "summary": {k: vars(s) for k, s in self.summaries[v].items()},
-                          "minus_clip": {k: vars(d) for k, d in self.differences.get(v, {}).items()}}
+                          "summary": {k: _json(s) for k, s in self.summaries[v].items()},
+                          "minus_clip": {k: _json(d) for k, d in self.differences.get(v, {}).items()}}
                          for v in self.variants],
         }
+
+
+def _json(record: Summary | PairedDifference) -> dict:
+    """`record`'s fields, NaN (a single seed's sd and interval) as None: strict JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(record).items()}
 
 
 def analyse(runs: list[StudyRun], level: float = LEVEL) -> StudyResult:
