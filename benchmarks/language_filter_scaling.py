@@ -18,7 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-WORDS = ["red", "blue", "black", "white", "grey", "leather", "wool", "cotton", "summer", "winter", "cheap", "new", "vintage", "women", "men", "kids", "sandal", "sneaker", "boot", "coat", "shirt", "dress", "bag", "trouser", "pullover", "sale", "photo", "of", "a", "the", "with", "for", "in", "on", "at", "beach", "city"]
+WORDS = ("red", "blue", "black", "white", "grey", "leather", "wool", "cotton", "summer", "winter", "cheap", "new",
+         "vintage", "women", "men", "kids", "sandal", "sneaker", "boot", "coat", "shirt", "dress", "bag",
+         "trouser", "pullover", "sale", "photo", "of", "a", "the", "with", "for", "in", "on", "at", "beach",
+         "city")
 FOREIGN = ["una camiseta negra de algodón", "ein schwarzer Mantel für den Winter", "une robe d'été légère",
            "scarpe da ginnastica bianche nuove", "calça jeans azul tamanho M"]
 
@@ -49,7 +52,8 @@ def measure(size: int, rule: str) -> dict:
         first = detector(tuple(config.language_candidates)).detect_languages_in_parallel_of(texts)
         found = [None if lang is None or code(lang) in config.languages else code(lang) for lang in first]
     seconds = time.perf_counter() - start
-    return {"captions": size, "rule": rule, "seconds": round(seconds, 2), "us_per_caption": round(1e6 * seconds / size, 1),
+    return {"captions": size, "rule": rule, "seconds": round(seconds, 2),
+            "us_per_caption": round(1e6 * seconds / size, 1),
             "rejected": sum(f is not None for f in found),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
