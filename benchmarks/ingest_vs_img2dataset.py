@@ -3,15 +3,18 @@
 Serves N distinct JPEGs (Fashion-MNIST images upscaled: 256x256 by default, `--sides 640-1024` for web-sized
 photos of random sides in that range with a color tint and noise) from nginx on 127.0.0.1, writes one URL list,
 then times both tools end to end (process start to exit) with the same processes/threads and resizing (largest side
-to `--max-side`, never upscaled; JPEG quality 95 for both). The two tools run alternately, `--repeats` times each
+to `--max-side`, never upscaled; JPEG quality 95 for both). A JPEG that already fits is stored as it came by both
+(our default `ingest.skip_reencode`, img2dataset's `--skip_reencode True`); `--reencode` makes both encode it again. The two tools run alternately, `--repeats` times each
 (the order flips every repeat), so that load from anything else on the machine falls on both; medians are compared.
 CPU time (user + sys) of each tool's process tree is recorded too. img2dataset is installed only here, in its own
 virtual environment (`benchmarks/.venv-img2dataset`).
 
     uv run python benchmarks/ingest_vs_img2dataset.py --rows 20000
     uv run python benchmarks/ingest_vs_img2dataset.py --rows 5000 --sides 640-1024
+    uv run python benchmarks/ingest_vs_img2dataset.py --rows 20000 --reencode
 
-Prints images/s for each and the ratio of the medians, and writes the list's entry (keyed by its sides) in
+Prints images/s for each and the ratio of the medians, and writes the list's entry (keyed by its sides, and
+`-reencode` with that flag) in
 benchmarks/results/ingest_vs_img2dataset.json.
 """
 
@@ -129,7 +132,8 @@ def run_ours(args, urls: Path, out: Path, expected: dict[str, int]) -> dict:
     seconds, cpu = timed([sys.executable, "-m", "pipelines.cli", "ingest", "--url-list", str(urls), "--output-dir",
                           str(out), "--processes", str(args.processes), "--threads", str(args.threads),
                           "--max-side", str(args.max_side), "--shard-size", str(args.shard_size), "--set",
-                          "ingest.encode_format=jpg"], out.with_suffix(".log"))
+                          "ingest.encode_format=jpg", "--set", f"ingest.skip_reencode={str(not args.reencode).lower()}"],
+                         out.with_suffix(".log"))
     stats = json.loads((out / "_stats.json").read_text())
     reconciled = stats["by_error"] == expected and stats["rows"] == args.rows == sum(stats["by_status"].values())
     return {"seconds": seconds, "cpu_seconds": cpu, "success": stats["success"], "rows": stats["rows"],
@@ -145,61 +149,45 @@ def run_img2dataset(args, urls: Path, out: Path, exe: Path) -> dict:
                           "--image_size", str(args.max_side), "--resize_mode", "keep_ratio_largest",
                           "--resize_only_if_bigger", "True", "--encode_quality", "95",
                           "--number_sample_per_shard", str(args.shard_size), "--enable_wandb", "False",
+                          "--skip_reencode", str(not args.reencode),
                           "--distributor", "multiprocessing"], out.with_suffix(".log"))
     success = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
     return {"seconds": seconds, "cpu_seconds": cpu, "success": success, "rows": args.rows}
 
 
-def cpu_by_step(base: str, rows: int, max_side: int) -> dict[str, int]:
-    """CPU microseconds per row of each step of ours, one thread, the library's own functions against the server.
-
-    Runs the clipcore found on the path: this tree's, or (PYTHONPATH=<an older tree>) the code before the decode,
-    phash and HTTP work (e3a6e4d), whose steps are timed under the same names.
-    """
-    import hashlib
+def cpu_by_step(base: str, rows: int, args) -> dict[str, int]:
+    """CPU microseconds per row of each step of ours, one row at a time on one event loop, the library's own functions
+    against the server: the fetch, the image work (`process_image`: sha256, decode, phash, resize and encode), the
+    sample's tar write."""
+    import asyncio
+    import os
 
     from clipcore.config import IngestConfig
-    from clipcore.ingest import rows as ingest_rows
     from clipcore.ingest.fetch import Fetcher
+    from clipcore.ingest.rows import process_image
+    from clipcore.ingest.shard_writer import ShardWriter
 
-    config = IngestConfig(max_side=max_side, encode_format="jpg")
-    fetcher, spent = Fetcher(config), dict.fromkeys(["fetch", "sha256", "decode", "resize", "phash", "encode"], 0.0)
+    config = IngestConfig(max_side=args.max_side, encode_format="jpg", skip_reencode=not args.reencode)
+    spent = dict.fromkeys(["fetch", "image", "tar"], 0.0)
     urls = [f"{base}/{i}.jpg" for i in range(rows)]
-    for url in urls[:20]:
-        fetcher.fetch(url)  # connections and caches warm
-    for url in urls:
-        marks = [time.thread_time()]
-        payload = fetcher.fetch(url)
-        marks.append(time.thread_time())
-        hashlib.sha256(payload).hexdigest()
-        marks.append(time.thread_time())
-        if hasattr(ingest_rows, "thumbnail"):  # this tree: decode at the thumbnail's DCT scale, phash the thumbnail
-            from clipcore.data.images import decode_reduced
-            from clipcore.ingest.phash import perceptual_hash
 
-            image, original = decode_reduced(payload, config.max_pixels, max_side)
-            marks.append(time.thread_time())
-            image = ingest_rows.thumbnail(image, original, max_side)
-            marks.append(time.thread_time())
-            perceptual_hash(image)
-        else:  # before: full decode, imagehash.phash of it, then the thumbnail
-            import imagehash
+    async def run() -> None:
+        async with Fetcher(config) as fetcher:
+            for url in urls[:20]:
+                await fetcher.fetch(url)  # connections and caches warm
+            with open(os.devnull, "wb") as null, ShardWriter(null) as writer:
+                for i, url in enumerate(urls):
+                    marks = [time.thread_time()]
+                    payload = await fetcher.fetch(url)
+                    marks.append(time.thread_time())
+                    fields, (stored, ext) = process_image(payload, config)
+                    marks.append(time.thread_time())
+                    writer.write(f"{i:09d}", {ext: stored, "txt": b"a caption", "json": json.dumps(fields).encode()})
+                    marks.append(time.thread_time())
+                    for step, (a, b) in zip(spent, itertools.pairwise(marks), strict=True):
+                        spent[step] += b - a
 
-            from clipcore.data.images import decode_image
-
-            image = decode_image(payload, config.max_pixels)
-            marks.append(time.thread_time())
-            start = time.thread_time()
-            str(imagehash.phash(image))
-            hashed = time.thread_time() - start
-            if max(image.size) > max_side:
-                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            marks.append(time.thread_time() - hashed)
-        marks.append(time.thread_time())
-        ingest_rows.encode_image(image, config)
-        marks.append(time.thread_time())
-        for step, (a, b) in zip(spent, itertools.pairwise(marks), strict=True):
-            spent[step] += b - a
+    asyncio.run(run())
     result = {step: round(seconds / rows * 1e6) for step, seconds in spent.items()}
     return {**result, "sum": sum(result.values())}
 
@@ -222,6 +210,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each tool, alternating")
     parser.add_argument("--sides", default="256", help="image side in px, or a range LOW-HIGH drawn per side")
     parser.add_argument("--max-side", type=int, default=256, help="largest side after resizing (both tools)")
+    parser.add_argument("--reencode", action="store_true",
+                        help="encode JPEGs that already fit again (both tools) instead of storing them as they came")
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--port", type=int, default=18431)
     parser.add_argument("--bad-fraction", type=float, default=0.05, help="share of junk rows (404, HTML, ...)")
@@ -234,7 +224,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sides = parse_sides(args.sides)
-    label = f"{args.sides}px"
+    label = f"{args.sides}px" + ("-reencode" if args.reencode else "")
     images = work / "www" / f"img-{args.sides}"
     make_images(images, args.rows, Path(args.source), sides)
     base = f"http://127.0.0.1:{args.port}/img-{args.sides}"
@@ -255,7 +245,7 @@ def main() -> None:
                 runs[name].append(result)
                 print(f"repeat {repeat + 1}/{args.repeats} {name:<12} {result['seconds']:7.2f} s  "
                       f"cpu {result['cpu_seconds']:7.2f} s  ok {result['success']}", flush=True)
-        breakdown = cpu_by_step(base, args.breakdown_rows, args.max_side) if args.breakdown_rows else None
+        breakdown = cpu_by_step(base, args.breakdown_rows, args) if args.breakdown_rows else None
     finally:
         subprocess.run(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work), "-s", "stop"], check=False)
     results = {name: summarize(r) for name, r in runs.items()}
@@ -274,11 +264,12 @@ def main() -> None:
     lists = previous.get("lists", {}) if isinstance(previous.get("lists"), dict) else {}
     lists[label] = {"rows": args.rows, "processes": args.processes, "threads": args.threads,
                     "repeats": args.repeats, "max_side": args.max_side, "shard_size": args.shard_size,
+                    "skip_reencode": not args.reencode,
                     "results": results, "ratio": round(ratio, 3), "date": time.strftime("%Y-%m-%d %H:%M"),
                     "note": args.note}
     if breakdown:
         print(f"ours, CPU us per row by step (one thread): {breakdown}")
-        lists[label]["per_row_cpu_us_by_step"] = {"after": [breakdown]}
+        lists[label]["per_row_cpu_us_by_step"] = breakdown
     path.write_text(json.dumps({"machine": "2 cores (shared), loopback nginx (1 worker)", "lists": lists},
                                indent=2) + "\n")
 

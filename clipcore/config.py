@@ -68,13 +68,17 @@ class IngestConfig:
     processes: int = bounded(2, ge=1)
     """Worker processes, one shard at a time each."""
     threads: int = bounded(16, ge=1)
-    """Download threads per process."""
+    """Downloads in flight per process (img2dataset's `thread_count`), all on the process's one event loop."""
     max_side: int = bounded(256, ge=1)
     """Images with a longer side are downscaled, keeping the aspect ratio."""
     encode_format: str = "jpg"
     """Re-encoding of stored images: `jpg` or `png` (lossless)."""
     jpeg_quality: int = bounded(95, ge=0, le=100)
     """JPEG quality when `encode_format` is jpg."""
+    skip_reencode: bool = True
+    """With `encode_format` jpg, a JPEG (color or gray) that already fits `max_side` is stored as it came, byte for
+    byte, rather than decoded and encoded again at `jpeg_quality` (no second loss, a fraction of the CPU; as
+    img2dataset's `--skip_reencode`, which is off by default there). Its metadata (EXIF) is kept with it."""
     timeout: float = bounded(10.0, gt=0)
     """Seconds per connect and per read."""
     retries: int = bounded(2, ge=0)

@@ -34,7 +34,7 @@ INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's name
     "caption_col": ("caption_col", str, "caption column of a URL list"),
     "shard_size": ("shard_size", int, "input rows per output shard"),
     "processes": ("processes", int, "worker processes (one shard each at a time)"),
-    "threads": ("threads", int, "download threads per process"),
+    "threads": ("threads", int, "downloads in flight per process (on one event loop)"),
     "max_side": ("max_side", int, "downscale images whose longer side exceeds this, keeping the aspect ratio"),
     "timeout": ("timeout", float, "seconds per connect and per read"),
     "total_timeout": ("total_timeout", float, "seconds one image may take in all (retries, redirects, body)"),

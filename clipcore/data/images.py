@@ -67,18 +67,49 @@ def decode_reduced(payload: bytes, max_pixels: int, max_side: int | None,
     Raises:
         ValueError: as `decode_image`.
     """
+    image = open_image(payload, max_pixels, image_size)
+    size = image.size
+    return load_image(draft_thumbnail(image, max_side) if max_side is not None else image), size
+
+
+def draft_thumbnail(image: Image.Image, max_side: int) -> Image.Image:
+    """An opened JPEG at least twice `max_side` set to decode at the smallest DCT scale that still covers its
+    thumbnail (see `decode_reduced`); any other image as it is."""
+    size = image.size
+    if max(size) >= 2 * max_side:
+        image.draft(None, tuple(max(1, math.ceil(side * max_side / max(size))) for side in size))
+    return image
+
+
+def open_image(payload: bytes, max_pixels: int, image_size: int | None = None) -> Image.Image:
+    """The image in `payload` opened (its header read, no pixel decoded) and its size checked (see `check_pixels`);
+    `load_image` decodes it.
+
+    Raises:
+        ValueError: as `decode_image`.
+    """
     if not payload:
         raise ValueError("empty_file: 0 bytes")
     try:
         image = Image.open(io.BytesIO(payload))
-        size = image.size
-        check_pixels(*size, max_pixels, image_size)  # reads only the header: nothing decoded yet
-        if max_side is not None and max(size) >= 2 * max_side:
-            image.draft(None, tuple(max(1, math.ceil(side * max_side / max(size))) for side in size))
-        image.load()  # decodes every pixel: truncated or corrupt data fails here, not later
-        return image, size  # no copy: the pixels are loaded, and the file is only bytes in memory
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"undecodable_image: {err}") from err
+    check_pixels(*image.size, max_pixels, image_size)  # the header's size: nothing decoded yet
+    return image
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """`image` (from `open_image`, maybe given a `draft`) with every pixel decoded: truncated or corrupt data fails
+    here, not later. No copy: the file is only bytes in memory.
+
+    Raises:
+        ValueError: `"undecodable_image: ..."`.
+    """
+    try:
+        image.load()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"undecodable_image: {err}") from err
+    return image
 
 
 def to_rgb_or_gray(image: Any) -> Any:

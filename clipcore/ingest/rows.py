@@ -10,9 +10,9 @@ import math
 from PIL import Image
 
 from clipcore.config import IngestConfig
-from clipcore.data.images import decode_reduced
+from clipcore.data.images import draft_thumbnail, load_image, open_image
 from clipcore.ingest.fetch import Fetcher, FetchError
-from clipcore.ingest.phash import picture_hash
+from clipcore.ingest.phash import HASHED_SIDE, picture_hash
 
 STATUS_INPUT, STATUS_DOWNLOAD, STATUS_DECODE = "invalid_row", "failed_to_download", "failed_to_decode"
 STATUS_PROCESS = "failed_to_process"  # an unexpected error on this row; the reason is the exception's class
@@ -39,7 +39,7 @@ degrades to nearest-pixel sampling at such small factors."""
 
 
 def thumbnail(image: Image.Image, original: tuple[int, int], max_side: int) -> Image.Image:
-    """`image` (decoded by `decode_reduced` from a file of `original` size) shrunk to fit `max_side`, at the size
+    """`image` (decoded by `decode_reduced` or at `draft_thumbnail`'s scale from a file of `original` size) shrunk to fit `max_side`, at the size
     `Image.thumbnail` gives the original, with `THUMBNAIL_FILTER`. An image decoded at a DCT scale is
     resized over the original's area (the box `Image.thumbnail` uses after its own draft)."""
     if image.size == original:
@@ -77,36 +77,61 @@ def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, 
     return buf.getvalue(), ext, image.width, image.height
 
 
-def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
+async def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
     """One row -> (manifest fields, (encoded bytes, extension) when it succeeded). Never raises.
 
     An unexpected exception (a decoder or encoder bug, a filesystem error no reason foresaw) becomes the row's
     status `failed_to_process` with the exception's class as reason; the shard's other rows go on.
     """
     try:
-        return _process_row(row, fetcher, config)
+        if row["source_error"] is not None:
+            return {"status": STATUS_INPUT, "error": row["source_error"]}, None
+        try:
+            payload = await fetcher.fetch(row["url"])
+        except FetchError as err:
+            return {"status": STATUS_DOWNLOAD, "error": err.reason}, None
+        return process_image(payload, config)  # on the event loop's thread: one worker, one thread doing CPU work
     except Exception as err:  # the row is the unit of failure: one bad row must never cost the shard its manifest
         return {"status": STATUS_PROCESS, "error": type(err).__name__}, None
 
 
-def _process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
-    out = {"status": STATUS_INPUT, "error": row["source_error"]}
-    if row["source_error"] is None:
-        try:
-            payload = fetcher.fetch(row["url"])
-        except FetchError as err:
-            return {"status": STATUS_DOWNLOAD, "error": err.reason}, None
-        out["sha256"] = hashlib.sha256(payload).hexdigest()
-        try:  # a large JPEG decodes at the DCT scale its thumbnail needs
-            image, (width, height) = decode_reduced(payload, config.max_pixels, config.max_side)
-        except ValueError as err:
-            return {**out, "status": STATUS_DECODE, "error": str(err).split(":")[0]}, None
-        image = thumbnail(image, (width, height), config.max_side)
-        # the phash of the stored picture: a large image's costs a thumbnail's, not its own
-        out.update(original_width=width, original_height=height, phash=picture_hash(image))
-        encoded, ext, width, height = encode_image(image, config)
-        out.update(width=width, height=height, status="success", error=None)
-        return out, (encoded, ext)
-    return out, None
+def process_image(payload: bytes, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
+    """A fetched row's bytes -> (manifest fields, (stored bytes, extension) when they are a picture): hash, decode,
+    resize, phash, encode; or, for a JPEG stored as it came (`stored_as_is`), hash, decode in gray for the phash."""
+    out = {"sha256": hashlib.sha256(payload).hexdigest()}
+    try:
+        image = open_image(payload, config.max_pixels)
+        width, height = image.size
+        if stored_as_is(image, config):
+            out["phash"] = picture_hash(load_image(gray_draft(image)))  # decoding checks every byte of it, too
+            out.update(original_width=width, original_height=height, width=width, height=height, status="success",
+                       error=None)
+            return out, (payload, "jpg")
+        image = load_image(draft_thumbnail(image, config.max_side))  # a large JPEG: at the DCT scale it needs
+    except ValueError as err:
+        return {**out, "status": STATUS_DECODE, "error": str(err).split(":")[0]}, None
+    image = thumbnail(image, (width, height), config.max_side)
+    # the phash of the stored picture: a large image's costs a thumbnail's, not its own
+    out.update(original_width=width, original_height=height, phash=picture_hash(image))
+    encoded, ext, width, height = encode_image(image, config)
+    out.update(width=width, height=height, status="success", error=None)
+    return out, (encoded, ext)
 
 
+def stored_as_is(image: Image.Image, config: IngestConfig) -> bool:
+    """Whether an opened (not yet decoded) image is stored byte for byte (`ingest.skip_reencode`): a baseline or
+    progressive JPEG in color or gray that already fits `max_side`, when jpg is the format stored. CMYK JPEGs, other
+    formats and pictures to shrink are encoded again."""
+    return (config.skip_reencode and config.encode_format == "jpg" and image.format == "JPEG"
+            and image.mode in ("RGB", "L") and max(image.size) <= config.max_side)
+
+
+def gray_draft(image: Image.Image) -> Image.Image:
+    """An opened JPEG set to decode in gray (libjpeg decodes the luma channel alone) at the smallest DCT scale that
+    leaves its short side at least `HASHED_SIDE` px: what `picture_hash` reduces a picture to anyway."""
+    width, height = image.size
+    short = min(width, height)
+    target = (width, height) if short <= HASHED_SIDE else (-(-width * HASHED_SIDE // short),
+                                                           -(-height * HASHED_SIDE // short))
+    image.draft("L", target)
+    return image

@@ -17,11 +17,11 @@ size. The output folder may be any fsspec URL; the workers write it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -50,7 +50,7 @@ MANIFEST_SCHEMA = {
     "original_width": pl.Int32, "original_height": pl.Int32, "sha256": pl.String, "phash": pl.String,
     "shard": pl.String, "status": pl.String, "error": pl.String,
 }
-FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "max_pixels", "max_caption_chars", "max_bytes",
+FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "skip_reencode", "max_pixels", "max_caption_chars", "max_bytes",
                       "max_redirects")
 """IngestConfig fields that change a shard's content (beyond its rows); speed and patience settings
 (processes, threads, timeouts, retries, the distributor) do not, so changing them reuses finished shards."""
@@ -68,26 +68,13 @@ def write_shard(index: int, rows: pl.DataFrame | list[dict], output_dir: str | P
     carrying `fingerprint` (see `shard_fingerprint`). `output_dir` is a local path or any fsspec URL."""
     rows = rows.to_dicts() if isinstance(rows, pl.DataFrame) else rows
     fs, root = open_folder(output_dir)
-    fetcher = Fetcher(config, Path(local_root) if local_root else None)
     name = shard_name(index)
     tar, manifest_path = f"{root}/{name}.tar", f"{root}/{name}.parquet"
     # the old manifest goes first: a crash below must not leave it beside a new tar, looking complete
     if fs.exists(manifest_path):
         fs.rm(manifest_path)
-    records = []
-    with (ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool, fs.open(f"{tar}.tmp", "wb") as file,
-          ShardWriter(file) as writer):
-        for row, (fields, sample) in zip(rows, pool.map(lambda r: process_row(r, fetcher, config), rows), strict=True):
-            record = {k: v for k, v in row.items() if k != "source_error"}
-            record.update(fields, shard=f"{name}.tar" if sample else None)
-            if sample is not None:
-                payload, ext = sample
-                meta = {k: record.get(k) for k in ("uid", "url", "width", "height", "original_width",
-                                                   "original_height", "sha256")}
-                files = {ext: payload, "txt": row["caption"].encode(), "json": json.dumps(meta).encode()}
-                writer.write(row["uid"], files)
-            records.append(record)
-            count_row()
+    with fs.open(f"{tar}.tmp", "wb") as file, ShardWriter(file) as writer:
+        records = asyncio.run(_write_samples(rows, writer, name, config, local_root))
     fs.mv(f"{tar}.tmp", tar)
     records = [{**dict.fromkeys(MANIFEST_SCHEMA), **r} for r in records]  # known columns first, extras after
     manifest = pl.DataFrame(records, schema_overrides=MANIFEST_SCHEMA, infer_schema_length=None)
@@ -95,6 +82,34 @@ def write_shard(index: int, rows: pl.DataFrame | list[dict], output_dir: str | P
         manifest.write_parquet(file, metadata={FINGERPRINT_KEY: fingerprint})
     fs.mv(f"{manifest_path}.tmp", manifest_path)
     return {"shard": index, "rows": len(records)}
+
+
+async def _write_samples(rows: list[dict], writer: ShardWriter, name: str, config: IngestConfig,
+                         local_root: str | None) -> list[dict]:
+    """Fetch and process `rows` with `config.threads` in flight on this thread's event loop; write the samples in
+    input order; return the rows' manifest records."""
+    in_flight = asyncio.Semaphore(max(1, config.threads))
+
+    async def one(row: dict) -> tuple[dict, tuple[bytes, str] | None]:
+        async with in_flight:
+            return await process_row(row, fetcher, config)
+
+    records = []
+    async with Fetcher(config, Path(local_root) if local_root else None) as fetcher:
+        tasks = [asyncio.ensure_future(one(row)) for row in rows]
+        for row, task in zip(rows, tasks, strict=True):
+            fields, sample = await task
+            record = {k: v for k, v in row.items() if k != "source_error"}
+            record.update(fields, shard=f"{name}.tar" if sample else None)
+            if sample is not None:
+                payload, ext = sample
+                meta = {k: record.get(k) for k in ("uid", "url", "width", "height", "original_width",
+                                                   "original_height", "sha256")}
+                writer.write(row["uid"], {ext: payload, "txt": row["caption"].encode(),
+                                          "json": json.dumps(meta).encode()})
+            records.append(record)
+            count_row()
+    return records
 
 
 def write_item(item: WorkItem, output_dir: str, config: IngestConfig, local_root: str | None) -> dict:

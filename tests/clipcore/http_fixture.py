@@ -41,6 +41,9 @@ REDIRECTS = {
 class Handler(BaseHTTPRequestHandler):
     flaky_hits: dict[str, int] = {}
     user_agents: list[str] = []
+    lock = threading.Lock()
+    in_flight = 0  # requests to /held/ being answered now, and the most there ever were at once
+    most_in_flight = 0
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -76,6 +79,14 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/flaky"):  # fails once, then serves
             hits = Handler.flaky_hits[path] = Handler.flaky_hits.get(path, 0) + 1
             return self.send(503 if hits == 1 else 200, b"busy" if hits == 1 else jpeg(seed=7))
+        if path.startswith("/held/"):  # answered after 0.3 s, counting how many are held at once
+            with Handler.lock:
+                Handler.in_flight += 1
+                Handler.most_in_flight = max(Handler.most_in_flight, Handler.in_flight)
+            time.sleep(0.3)
+            with Handler.lock:
+                Handler.in_flight -= 1
+            return self.send(200, jpeg(seed=int(path.split("/")[-1].split(".")[0])))
         if path == "/slow":
             time.sleep(3)
             return self.send(200, jpeg())

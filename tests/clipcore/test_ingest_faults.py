@@ -76,10 +76,10 @@ def test_an_unexpected_error_stays_in_its_row(tmp_path, monkeypatch):
             raise RuntimeError("encoder bug")
         return real_encode(image, cfg)
 
-    def fetch(self, url):
+    async def fetch(self, url):
         if url == "3.png":
             raise KeyError(url)
-        return real_fetch(self, url)
+        return await real_fetch(self, url)
 
     monkeypatch.setattr(ingest_rows, "encode_image", encode)
     monkeypatch.setattr(ingest_rows.Fetcher, "fetch", fetch)

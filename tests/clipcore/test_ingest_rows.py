@@ -1,6 +1,7 @@
 """One row's image work: a large JPEG decodes at the DCT scale its thumbnail needs (never smaller than it), its
 thumbnail has the size Pillow's thumbnail gives the original, and the limits and reasons stay those of full decoding."""
 
+import asyncio
 import io
 
 import imagehash
@@ -17,6 +18,12 @@ from clipcore.ingest.rows import encode_image, process_row, thumbnail, thumbnail
 def jpeg_of(image: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_of(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -74,14 +81,15 @@ class OneImage:
     def __init__(self, payload: bytes):
         self.payload = payload
 
-    def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str) -> bytes:
         return self.payload
 
 
 def test_a_large_jpeg_row_records_the_original_size_and_its_thumbnails_phash():
     payload = jpeg_of(photo(1200, 800))
     config = IngestConfig(max_side=256, encode_format="jpg")
-    fields, (encoded, ext) = process_row({"url": "http://x/a.jpg", "source_error": None}, OneImage(payload), config)
+    row = {"url": "http://x/a.jpg", "source_error": None}
+    fields, (encoded, ext) = asyncio.run(process_row(row, OneImage(payload), config))
     decoded, _ = decode_reduced(payload, config.max_pixels, 256)
     thumb = thumbnail(decoded, (1200, 800), 256)
     assert (fields["original_width"], fields["original_height"]) == (1200, 800)
@@ -90,3 +98,44 @@ def test_a_large_jpeg_row_records_the_original_size_and_its_thumbnails_phash():
     distance = imagehash.hex_to_hash(fields["phash"]) - imagehash.phash(Image.open(io.BytesIO(payload)))
     assert distance <= 4  # the full-size picture's hash within a few bits: a near duplicate by any threshold in use
     assert encode_image(thumb, config)[0] == encoded  # deterministic
+
+
+def run_row(payload: bytes, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
+    return asyncio.run(process_row({"url": "http://x/a.jpg", "source_error": None}, OneImage(payload), config))
+
+
+def test_a_jpeg_that_fits_is_stored_as_it_came():
+    """`skip_reencode` (the default): the stored bytes are the downloaded ones, the sizes those of the picture, and
+    the phash (of the luma decoded at a DCT scale) within a few bits of imagehash's phash of the decoded picture."""
+    config = IngestConfig(max_side=256, encode_format="jpg")
+    for image in (photo(256, 171), photo(200, 256).convert("L"), photo(64, 40)):
+        payload = jpeg_of(image)
+        fields, (stored, ext) = run_row(payload, config)
+        assert (stored, ext) == (payload, "jpg") and fields["status"] == "success"
+        assert (fields["width"], fields["height"]) == (fields["original_width"], fields["original_height"]) == image.size
+        reference = imagehash.phash(Image.open(io.BytesIO(payload)))
+        assert imagehash.hex_to_hash(fields["phash"]) - reference <= 4, image.size
+
+
+def test_other_pictures_are_encoded_again():
+    """A JPEG to shrink, a CMYK JPEG, a PNG, and any JPEG with `skip_reencode` off are decoded and encoded anew."""
+    config = IngestConfig(max_side=256, encode_format="jpg")
+    fitting = jpeg_of(photo(256, 171))
+    cases = [(jpeg_of(photo(300, 200)), config, (256, 171)),
+             (jpeg_of(photo(200, 100).convert("CMYK")), config, (200, 100)), (png_of(photo(100, 80)), config, (100, 80)),
+             (fitting, IngestConfig(max_side=256, encode_format="jpg", skip_reencode=False), (256, 171)),
+             (fitting, IngestConfig(max_side=256, encode_format="png"), (256, 171))]
+    for payload, cfg, size in cases:
+        fields, (stored, ext) = run_row(payload, cfg)
+        assert stored != payload and ext == cfg.encode_format
+        decoded = Image.open(io.BytesIO(stored))
+        assert decoded.size == size == (fields["width"], fields["height"]) and decoded.mode in ("RGB", "L")
+
+
+def test_a_broken_jpeg_that_fits_is_still_refused():
+    """The gray decode of a JPEG stored as it came reads every byte: truncated or corrupt data is undecodable."""
+    config = IngestConfig(max_side=256, encode_format="jpg")
+    payload = jpeg_of(photo(256, 171))
+    for broken in (payload[: len(payload) // 2], payload[:20], payload[:600] + b"\x00" * (len(payload) - 600)):
+        fields, sample = run_row(broken, config)
+        assert (fields["status"], fields["error"], sample) == ("failed_to_decode", "undecodable_image", None)

@@ -1,5 +1,6 @@
 """Web ingestion against a real loopback HTTP server: every bad case gets its recorded status and reason."""
 
+import asyncio
 import csv
 import gzip
 import io
@@ -99,12 +100,16 @@ def test_every_bad_case_has_its_reason(tmp_path):
 
 def fetch_reason(fetcher: Fetcher, url: str) -> tuple[str, float]:
     """(the FetchError reason, or `ok`; seconds the fetch took)."""
+    async def fetch() -> str:
+        async with fetcher:
+            try:
+                await fetcher.fetch(url)
+            except FetchError as err:
+                return err.reason
+            return "ok"
+
     start = time.monotonic()
-    try:
-        fetcher.fetch(url)
-        reason = "ok"
-    except FetchError as err:
-        reason = err.reason
+    reason = asyncio.run(fetch())
     return reason, time.monotonic() - start
 
 
@@ -139,6 +144,19 @@ def test_every_redirect_target_passes_the_scheme_allow_list():
         assert fetch_reason(Fetcher(IngestConfig()), base + "/redirect-file")[0] == "redirect_scheme_not_allowed"
         assert fetch_reason(Fetcher(IngestConfig()), base + "/redirect")[0] == "ok"  # relative, same host
         assert fetch_reason(Fetcher(IngestConfig(max_redirects=0)), base + "/redirect")[0] == "too_many_redirects"
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_each_worker_keeps_threads_downloads_in_flight(tmp_path, threads):
+    """One worker, 12 rows from a server that holds each request 0.3 s: at most `threads` requests are ever open at
+    once, and that many are (the event loop overlaps them as a thread pool would)."""
+    cases = [(f"/held/{i}.jpg", f"a held image number {i}", "success", None) for i in range(12)]
+    Handler.most_in_flight = 0
+    with ImageServer() as base:
+        write_csv(tmp_path / "urls.csv", base, cases)
+        config = IngestConfig(input=str(tmp_path / "urls.csv"), **{**CONFIG, "threads": threads, "shard_size": 12})
+        stats = ingest(config, tmp_path / "out", progress=False)
+    assert stats["success"] == 12 and Handler.most_in_flight == threads
 
 
 def test_resume_skips_complete_shards_and_redoes_partial_ones(tmp_path):
