@@ -118,6 +118,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (100_000, b"\xff" * 100_000))
             self.wfile.write(b"0\r\n\r\n")
             return None
+        if path == "/not-http":  # bytes that are no HTTP response at all
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            self.close_connection = True
+            return None
         if path == "/reset":
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.request.close()

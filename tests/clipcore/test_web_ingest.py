@@ -37,6 +37,7 @@ CASES = [
     ("/big", "a body that is too big", "failed_to_download", "too_large"),
     ("/big-chunked", "too big and of no stated length", "failed_to_download", "too_large"),
     ("/reset", "a reset connection here", "failed_to_download", "connection_reset"),
+    ("/not-http", "a server that does not speak http", "failed_to_download", "bad_response"),
     ("/redirect-file", "a redirect to a local file", "failed_to_download", "redirect_scheme_not_allowed"),
     ("/redirect-ftp", "a redirect to an ftp url", "failed_to_download", "redirect_scheme_not_allowed"),
     ("/redirect-no-host", "a redirect to no host", "failed_to_download", "redirect_malformed_url"),
