@@ -4,8 +4,9 @@ Serves N distinct JPEGs (Fashion-MNIST images upscaled: 256x256 by default, `--s
 photos of random sides in that range with a color tint and noise) from nginx on 127.0.0.1, writes one URL list,
 then times both tools end to end (process start to exit) with the same processes/threads and resizing (largest side
 to `--max-side`, never upscaled; JPEG quality 95 for both). A JPEG that already fits is stored as it came by both
-(our default `ingest.skip_reencode`, img2dataset's `--skip_reencode True`); `--reencode` makes both encode it again. The two tools run alternately, `--repeats` times each
-(the order flips every repeat), so that load from anything else on the machine falls on both; medians are compared.
+(our default `ingest.skip_reencode`, img2dataset's `--skip_reencode True`); `--reencode` makes both encode it again.
+The two tools run alternately, `--repeats` times each (the order flips every repeat), so that load from anything else
+on the machine falls on both; medians are compared.
 CPU time (user + sys) of each tool's process tree is recorded too. img2dataset is installed only here, in its own
 virtual environment (`benchmarks/.venv-img2dataset`).
 
@@ -132,7 +133,8 @@ def run_ours(args, urls: Path, out: Path, expected: dict[str, int]) -> dict:
     seconds, cpu = timed([sys.executable, "-m", "pipelines.cli", "ingest", "--url-list", str(urls), "--output-dir",
                           str(out), "--processes", str(args.processes), "--threads", str(args.threads),
                           "--max-side", str(args.max_side), "--shard-size", str(args.shard_size), "--set",
-                          "ingest.encode_format=jpg", "--set", f"ingest.skip_reencode={str(not args.reencode).lower()}"],
+                          "ingest.encode_format=jpg", "--set",
+                          f"ingest.skip_reencode={str(not args.reencode).lower()}"],
                          out.with_suffix(".log"))
     stats = json.loads((out / "_stats.json").read_text())
     reconciled = stats["by_error"] == expected and stats["rows"] == args.rows == sum(stats["by_status"].values())

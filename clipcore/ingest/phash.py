@@ -6,9 +6,9 @@ imagehash's phash: the image in gray (PIL's `convert("L")`), resized to 32x32 by
 is the resize: PIL filters every row of the full image. Here the resize is the same fixed-point arithmetic as Pillow's
 8-bit resampler (libImaging/Resample.c: each output pixel a sum of input pixels times coefficients rounded to 22
 bits, each pass rounded and clipped to 0..255) written as two matrix products with those coefficients in float64,
-which are exact: the same pixels, so the same DCT and the same hash. Which pass Pillow runs first depends on its version and the shape
-(Pillow 13 runs the vertical one first for some tall images), so for each shape it is found once by resizing a random
-image both ways and with PIL; a shape neither way reproduces (none known) is resized by PIL itself.
+which are exact: the same pixels, so the same DCT and the same hash. Which pass Pillow runs first depends on its
+version and the shape (Pillow 13 runs the vertical one first for some tall images), so for each shape it is found once
+by resizing a random image both ways and with PIL; a shape neither way reproduces (none known) is resized by PIL itself.
 """
 
 from __future__ import annotations

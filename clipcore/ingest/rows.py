@@ -39,8 +39,8 @@ degrades to nearest-pixel sampling at such small factors."""
 
 
 def thumbnail(image: Image.Image, original: tuple[int, int], max_side: int) -> Image.Image:
-    """`image` (decoded by `decode_reduced` or at `draft_thumbnail`'s scale from a file of `original` size) shrunk to fit `max_side`, at the size
-    `Image.thumbnail` gives the original, with `THUMBNAIL_FILTER`. An image decoded at a DCT scale is
+    """`image` (decoded at `draft_thumbnail`'s scale from a file of `original` size) shrunk to fit `max_side`, at
+    the size `Image.thumbnail` gives the original, with `THUMBNAIL_FILTER`. An image decoded at a DCT scale is
     resized over the original's area (the box `Image.thumbnail` uses after its own draft)."""
     if image.size == original:
         return fit(image, max_side)

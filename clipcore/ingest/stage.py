@@ -50,8 +50,8 @@ MANIFEST_SCHEMA = {
     "original_width": pl.Int32, "original_height": pl.Int32, "sha256": pl.String, "phash": pl.String,
     "shard": pl.String, "status": pl.String, "error": pl.String,
 }
-FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "skip_reencode", "max_pixels", "max_caption_chars", "max_bytes",
-                      "max_redirects")
+FINGERPRINT_FIELDS = ("max_side", "encode_format", "jpeg_quality", "skip_reencode", "max_pixels", "max_caption_chars",
+                      "max_bytes", "max_redirects")
 """IngestConfig fields that change a shard's content (beyond its rows); speed and patience settings
 (processes, threads, timeouts, retries, the distributor) do not, so changing them reuses finished shards."""
 PIXELS_VERSION = 2
