@@ -1,5 +1,6 @@
-"""One input row -> its manifest fields and, when it succeeded, the re-encoded image: fetch, hash, decode, resize,
-encode. Never raises: every failure is a status and a reason on the row."""
+"""One input row -> its manifest fields and, when it succeeded, the image to store: fetch, hash, decode, resize,
+encode (or, for a JPEG that already fits, its bytes as they came). Never raises: every failure is a status and a
+reason on the row."""
 
 from __future__ import annotations
 
