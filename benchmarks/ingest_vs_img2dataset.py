@@ -14,7 +14,7 @@ virtual environment (`benchmarks/.venv-img2dataset`).
     uv run python benchmarks/ingest_vs_img2dataset.py --rows 5000 --sides 640-1024
     uv run python benchmarks/ingest_vs_img2dataset.py --rows 20000 --reencode
 
-Prints images/s for each and the ratio of the medians, and writes the list's entry (keyed by its sides, and
+Prints images/s for each and the ratio of the medians, and writes the list's entry (keyed by its rows and sides, and
 `-reencode` with that flag) in
 benchmarks/results/ingest_vs_img2dataset.json.
 """
@@ -226,7 +226,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sides = parse_sides(args.sides)
-    label = f"{args.sides}px" + ("-reencode" if args.reencode else "")
+    label = f"{args.rows}x{args.sides}px" + ("-reencode" if args.reencode else "")
     images = work / "www" / f"img-{args.sides}"
     make_images(images, args.rows, Path(args.source), sides)
     base = f"http://127.0.0.1:{args.port}/img-{args.sides}"
