@@ -78,7 +78,6 @@ def resize_lanczos(pixels: np.ndarray, order: str) -> np.ndarray:
     integer under 2^53 (weights under 2^23, pixels under 2^8, a few hundred taps), and adding 2^21, scaling by 2^-22
     and flooring is the C code's `(sum + (1 << 21)) >> 22` on such integers.
     """
-    height, width = pixels.shape
     out = pixels.astype(np.float64)
     for axis in ((1, 0) if order == "horizontal" else (0, 1)):
         size = out.shape[axis]
