@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from clipcore.config import IngestConfig
 from pipelines.cli_common import CommandError, expected_errors, load_config, one_line
 from pipelines.model_commands import (
     EXPORT_DOC,
@@ -36,6 +37,8 @@ INGEST_FLAGS = {  # flag -> (IngestConfig field, type, help); img2dataset's name
     "processes": ("processes", int, "worker processes (one shard each at a time)"),
     "threads": ("threads", int, "downloads in flight per process (on one event loop)"),
     "max_side": ("max_side", int, "downscale images whose longer side exceeds this, keeping the aspect ratio"),
+    "encode_format": ("encode_format", str, "jpg (the default with --url-list; a JPEG that fits is stored as it came) "
+                      "or png (lossless)"),
     "timeout": ("timeout", float, "seconds per connect and per read"),
     "total_timeout": ("total_timeout", float, "seconds one image may take in all (retries, redirects, body)"),
     "retries": ("retries", int, "retries with backoff on 5xx, timeouts and reset connections (never on 4xx)"),
@@ -112,8 +115,9 @@ def build_data(args: argparse.Namespace) -> None:
 def ingest_flag_overrides(args: argparse.Namespace) -> list[str]:
     """The ingest flags given, as `ingest.<field>=<value>` overrides to lay after --set's (a flag wins), for the
     standalone run and the asset's materialization alike: no flag is ignored, and each is checked as a param is.
-    `--url-list` reads an img2dataset URL list (column `url`, http(s) URLs) unless --url-col or --set say otherwise:
-    params.yaml's settings for its own local table do not carry over to another input."""
+    `--url-list` reads an img2dataset URL list (column `url`, http(s) URLs) and stores JPEGs unless --url-col,
+    --encode-format or --set say otherwise: params.yaml's settings for its own local table (its path column, local
+    files, PNG for 28-px grayscale pictures) do not carry over to another input."""
     changes = {field: getattr(args, flag) for flag, (field, _, _) in INGEST_FLAGS.items()
                if getattr(args, flag) is not None}
     if "input" in changes:
@@ -122,6 +126,8 @@ def ingest_flag_overrides(args: argparse.Namespace) -> list[str]:
             changes["url_col"] = "url"
         if "ingest.local_paths" not in set_keys:
             changes["local_paths"] = False
+        if "encode_format" not in changes and "ingest.encode_format" not in set_keys:
+            changes["encode_format"] = IngestConfig.encode_format
     return [f"ingest.{field}={json.dumps(value)}" for field, value in changes.items()]  # JSON is YAML: quoted str
 
 

@@ -52,6 +52,7 @@ def test_every_flag_is_known():
 @pytest.mark.parametrize(("flag", "value"), [
     ("url_list", "somewhere/urls.parquet"), ("input_format", "parquet"), ("url_col", "link"),
     ("caption_col", "text"), ("shard_size", "7"), ("processes", "3"), ("threads", "5"), ("max_side", "64"),
+    ("encode_format", "jpg"),
     ("timeout", "2.5"), ("total_timeout", "9.5"), ("retries", "4"), ("distributor", "ray"),
     ("ray_address", "10.0.0.5:6379")])
 def test_each_ingest_flag_becomes_its_param(flag, value):
@@ -60,8 +61,8 @@ def test_each_ingest_flag_becomes_its_param(flag, value):
     config = load_params(ROOT / "params.yaml", [*args.overrides, *ingest_flag_overrides(args)]).ingest
     field, kind, _ = INGEST_FLAGS[flag]
     assert getattr(config, field) == kind(value)
-    if flag == "url_list":  # another input: an img2dataset URL list, not params.yaml's local table
-        assert config.url_col == "url" and config.local_paths is False
+    if flag == "url_list":  # another input: an img2dataset URL list, not params.yaml's local table of 28-px PNGs
+        assert config.url_col == "url" and config.local_paths is False and config.encode_format == "jpg"
 
 
 def test_url_list_keeps_explicit_column_and_local_paths():
@@ -69,6 +70,10 @@ def test_url_list_keeps_explicit_column_and_local_paths():
                                       "--set", "ingest.local_paths=true"])
     config = load_params(ROOT / "params.yaml", [*args.overrides, *ingest_flag_overrides(args)]).ingest
     assert (config.input, config.url_col, config.local_paths) == ("mine.csv", "path", True)
+    for extra in (["--encode-format", "png"], ["--set", "ingest.encode_format=png"]):
+        args = build_parser().parse_args(["ingest", "--url-list", "mine.csv", *extra])
+        config = load_params(ROOT / "params.yaml", [*args.overrides, *ingest_flag_overrides(args)]).ingest
+        assert config.encode_format == "png"
 
 
 def tiny_table(root: Path, rows: int = 5) -> Path:
