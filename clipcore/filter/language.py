@@ -46,11 +46,11 @@ def disallowed_languages(texts: list[str], allowed: tuple[str, ...], candidates:
     """
     unique = sorted(set(texts))
     allowed_set = set(allowed)
+    scorer = detector(tuple(candidates))
     verdict: dict[str, str | None] = {}
     for start in range(0, len(unique), CHUNK):  # lingua's values, one per candidate, for a chunk at a time
         chunk = unique[start:start + CHUNK]
-        for text, values in zip(chunk, detector(tuple(candidates)).compute_language_confidence_values_in_parallel(
-                chunk), strict=True):
+        for text, values in zip(chunk, scorer.compute_language_confidence_values_in_parallel(chunk), strict=True):
             top = values[0] if values and values[0].value > 0 else None  # all zero: lingua cannot place it
             best_allowed = max((v.value for v in values if code(v.language) in allowed_set), default=0.0)
             wrong = top is not None and code(top.language) not in allowed_set and best_allowed < min_ratio * top.value

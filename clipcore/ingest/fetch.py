@@ -19,7 +19,6 @@ import errno
 import os
 import stat
 import tarfile
-import time
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -95,9 +94,10 @@ class Fetcher:
         """The bytes behind `url`, or raise FetchError with the reason."""
         kind = classify_url(url, self.local_root)
         if kind == "http":
+            deadline = asyncio.get_running_loop().time() + self.deadline_s
             try:
-                async with asyncio.timeout(self.deadline_s):
-                    return await self._http(url)
+                async with asyncio.timeout_at(deadline):
+                    return await self._http(url, deadline)
             except TimeoutError as err:  # the whole fetch's deadline (each attempt's own timeouts are reasons inside)
                 raise FetchError("timeout") from err
         if kind == "tar":
@@ -129,9 +129,9 @@ class Fetcher:
             except OSError as err:
                 raise FetchError("unreadable_file") from err
 
-    async def _http(self, url: str) -> bytes:
-        """GET `url`, following at most `max_redirects` redirects, each target checked like an input URL."""
-        deadline = time.monotonic() + self.deadline_s
+    async def _http(self, url: str, deadline: float) -> bytes:
+        """GET `url`, following at most `max_redirects` redirects, each target checked like an input URL, all before
+        `deadline` (the event loop's clock)."""
         for _ in range(self.config.max_redirects + 1):
             response = await self._request(url, deadline)
             if response.status not in REDIRECT_STATUSES:
@@ -145,7 +145,7 @@ class Fetcher:
         """One response (headers read, body not), after up to `retries` retries of 5xx and network errors."""
         cfg = self.config
         for attempt in range(cfg.retries + 1):
-            per_read = min(cfg.timeout, deadline - time.monotonic())
+            per_read = min(cfg.timeout, deadline - asyncio.get_running_loop().time())
             if per_read <= 0:
                 raise FetchError("timeout")
             try:
@@ -160,7 +160,7 @@ class Fetcher:
                 if response.status not in RETRY_STATUSES or attempt == cfg.retries:
                     return response
                 response.close()
-            pause = min(BACKOFF * 2**attempt, deadline - time.monotonic())
+            pause = min(BACKOFF * 2**attempt, deadline - asyncio.get_running_loop().time())
             if pause <= 0:
                 raise FetchError("timeout")
             await asyncio.sleep(pause)

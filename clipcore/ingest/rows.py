@@ -79,7 +79,7 @@ def encode_image(image: Image.Image, config: IngestConfig) -> tuple[bytes, str, 
 
 
 async def process_row(row: dict, fetcher: Fetcher, config: IngestConfig) -> tuple[dict, tuple[bytes, str] | None]:
-    """One row -> (manifest fields, (encoded bytes, extension) when it succeeded). Never raises.
+    """One row -> (manifest fields, (stored bytes, extension) when it succeeded). Never raises.
 
     An unexpected exception (a decoder or encoder bug, a filesystem error no reason foresaw) becomes the row's
     status `failed_to_process` with the exception's class as reason; the shard's other rows go on.
